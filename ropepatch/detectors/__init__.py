@@ -1,0 +1,1 @@
+"""Detectors: plugins that read a checkpoint's metadata and say which scaling it describes."""
