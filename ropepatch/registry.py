@@ -137,27 +137,33 @@ class Registry:
 
     def _collect(self) -> None:
         methods: dict[str, Any] = {}
-        aliases: dict[str, str] = {}
+        owners: dict[str, str] = {}
         adapters: dict[str, Any] = {}
 
-        def add_method(method: Any) -> None:
-            name = canonical_name(method.name)
-            if not name:
-                raise ValueError(f"method {method!r} has no name")
-            # later registrations are built-ins; a third-party method of the same name wins
-            if name in methods:
-                return
-            methods[name] = method
+        def register_from(plugin_name: str) -> Any:
+            def add_method(method: Any) -> None:
+                name = canonical_name(method.name)
+                if not name:
+                    raise ValueError(f"method {method!r} has no name")
+                previous = owners.get(name)
+                # a third-party method may replace a built-in of the same name, never the reverse
+                if previous is not None and (plugin_name in BUILTIN_PLUGINS or previous not in BUILTIN_PLUGINS):
+                    return
+                methods[name], owners[name] = method, plugin_name
+
+            return add_method
+
+        # call implementations in registration order (pluggy's own call order is LIFO), so listings
+        # follow the built-in order and conflicts resolve by the rule above
+        for impl in self.pm.hook.register_methods.get_hookimpls():
+            impl.function(register=register_from(impl.plugin_name))
+        for impl in self.pm.hook.register_adapters.get_hookimpls():
+            impl.function(register=lambda a: adapters.setdefault(a.name, a))
+        aliases: dict[str, str] = {}
+        for name, method in methods.items():
             for alias in (method.name, *method.aliases):
                 aliases.setdefault(canonical_name(alias), name)
-
-        def add_adapter(adapter: Any) -> None:
-            adapters.setdefault(adapter.name, adapter)
-
-        self.pm.hook.register_methods(register=add_method)
-        self.pm.hook.register_adapters(register=add_adapter)
-        # canonical names beat aliases of other methods
-        for name in methods:
+        for name in methods:  # canonical names beat aliases of other methods
             aliases[name] = name
         self.methods, self.aliases, self.adapters = methods, aliases, adapters
 

@@ -127,6 +127,11 @@ class RopeSpec:
             )
         return list(inv), float(attention)
 
+    def attention_factor(self, seq_len: int | None = None) -> float:
+        """The cos/sin multiplier alone (no rotary dim needed: no built-in method's factor depends on it)."""
+        proxy: Any = self if self.rotary_dim is not None else _WithDim(self)
+        return float(self._method_obj.compute(proxy, self._prepared, seq_len)[1])
+
     def frequencies(
         self, seq_len: int | None = None, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, float]:
@@ -202,6 +207,18 @@ class RopeSpec:
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+class _WithDim:
+    """``spec`` seen with a placeholder rotary dim, to compute dim-independent quantities."""
+
+    rotary_dim = 2
+
+    def __init__(self, spec: RopeSpec) -> None:
+        self._spec = spec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spec, name)
 
 
 def _canon(name: str) -> str:

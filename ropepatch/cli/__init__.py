@@ -1,0 +1,1 @@
+"""The ``ropepatch`` command line: one module per verb."""

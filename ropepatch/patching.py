@@ -1,0 +1,221 @@
+"""Reversible attribute patches and post-import hooks.
+
+Every patch is recorded as ``(owner, attribute, original, replacement)``. Restoring puts back the
+original object itself (not a copy), in reverse order, and only where the attribute still holds
+our replacement: if someone patched over us, we leave theirs alone and warn. A group of patches
+is applied as a transaction, so an adapter that fails half-way leaves its runtime untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+__all__ = ["MARKER", "PatchSet", "cancel_import_hooks", "is_patched", "when_imported"]
+
+log = logging.getLogger("ropepatch")
+
+#: attribute set on every replacement ropepatch installs
+MARKER = "__ropepatch__"
+_ABSENT: Any = object()
+
+
+def is_patched(obj: Any) -> bool:
+    """True when ``obj`` is a replacement installed by ropepatch."""
+    return bool(getattr(obj, MARKER, False))
+
+
+@dataclass
+class _Record:
+    owner: Any
+    attr: str
+    original: Any  # _ABSENT when the attribute was inherited or missing
+    replacement: Any
+
+
+class PatchSet:
+    """The patches one adapter installed, restorable exactly."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._records: list[_Record] = []
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def set(self, owner: Any, attr: str, replacement: Any) -> Any:
+        """Replace ``owner.attr`` with ``replacement``; return the object that was visible before."""
+        visible = getattr(owner, attr, _ABSENT)
+        # classes: restore exactly what was in the class's own __dict__ (inherited -> delete again)
+        if isinstance(owner, type):
+            original = owner.__dict__.get(attr, _ABSENT)
+        elif isinstance(owner, ModuleType):
+            original = owner.__dict__.get(attr, _ABSENT)
+        else:
+            original = getattr(owner, "__dict__", {}).get(attr, _ABSENT) if hasattr(owner, "__dict__") else visible
+        try:
+            setattr(replacement, MARKER, True)
+        except (AttributeError, TypeError):
+            pass  # e.g. classmethod objects on old Pythons, builtins: the record still tracks it
+        setattr(owner, attr, replacement)
+        self._records.append(_Record(owner, attr, original, replacement))
+        return None if visible is _ABSENT else visible
+
+    def set_item(self, mapping: Any, key: str, value: Any) -> None:
+        """Set ``mapping[key]`` (e.g. a registry dict), restorable like an attribute."""
+        original = mapping.get(key, _ABSENT) if hasattr(mapping, "get") else _ABSENT
+        mapping[key] = value
+        self._records.append(_Record(mapping, key, original, value))
+        self._records[-1].__dict__["is_item"] = True
+
+    def restore(self) -> list[str]:
+        """Undo every patch, newest first; return messages for patches someone else replaced."""
+        problems: list[str] = []
+        while self._records:
+            rec = self._records.pop()
+            if rec.__dict__.get("is_item"):
+                current = rec.owner.get(rec.attr, _ABSENT)
+                if current is not rec.replacement:
+                    problems.append(f"{self.name}: {rec.attr!r} was changed by someone else; left as it is")
+                    continue
+                if rec.original is _ABSENT:
+                    del rec.owner[rec.attr]
+                else:
+                    rec.owner[rec.attr] = rec.original
+                continue
+            current = getattr(rec.owner, rec.attr, _ABSENT)
+            if isinstance(rec.owner, type) or isinstance(rec.owner, ModuleType):
+                current = rec.owner.__dict__.get(rec.attr, _ABSENT)
+            if current is not rec.replacement:
+                problems.append(
+                    f"{self.name}: {getattr(rec.owner, '__name__', rec.owner)!r}.{rec.attr} was re-patched by "
+                    "someone else; left as it is"
+                )
+                continue
+            if rec.original is _ABSENT:
+                try:
+                    delattr(rec.owner, rec.attr)
+                except AttributeError:
+                    pass
+            else:
+                setattr(rec.owner, rec.attr, rec.original)
+        for msg in problems:
+            log.warning("ropepatch: %s", msg)
+        return problems
+
+    @contextmanager
+    def transaction(self) -> Iterator[PatchSet]:
+        """Apply patches inside; if anything raises, undo what was applied and re-raise."""
+        mark = len(self._records)
+        try:
+            yield self
+        except BaseException:
+            undo = PatchSet(self.name)
+            undo._records = self._records[mark:]
+            del self._records[mark:]
+            undo.restore()
+            raise
+
+
+# -- post-import hooks (wrapt's idea: fire now if imported, else right after the import) ------
+_hook_lock = threading.RLock()
+_pending: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of modules someone waits for, to run hooks after the module executed."""
+
+    _busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        with _hook_lock:
+            if fullname not in _pending:
+                return None
+        if getattr(self._busy, "names", None) and fullname in self._busy.names:
+            return None
+        self._busy.names = getattr(self._busy, "names", set()) | {fullname}
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+            if spec is None:
+                for finder in sys.meta_path:
+                    if finder is self or not hasattr(finder, "find_spec"):
+                        continue
+                    spec = finder.find_spec(fullname, path, target)
+                    if spec is not None:
+                        break
+        finally:
+            self._busy.names = self._busy.names - {fullname}
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        original_exec = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            original_exec(module)
+            _fire(fullname, module)
+
+        spec.loader = _LoaderProxy(loader, exec_module)
+        return spec
+
+
+class _LoaderProxy(importlib.abc.Loader):
+    def __init__(self, loader: Any, exec_module: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._exec = exec_module
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._exec(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+_finder = _Finder()
+
+
+def _fire(name: str, module: ModuleType) -> None:
+    with _hook_lock:
+        hooks = _pending.pop(name, [])
+        if not _pending and _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)
+    for hook in hooks:  # outside the lock: hooks may import or start threads
+        try:
+            hook(module)
+        except Exception:  # noqa: BLE001 - an import must never fail because of ropepatch
+            log.exception("ropepatch: post-import hook for %s failed", name)
+
+
+def when_imported(name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Call ``hook(module)`` now if ``name`` is imported, else right after its import finishes."""
+    module = sys.modules.get(name)
+    if module is not None:
+        hook(module)
+        return
+    with _hook_lock:
+        _pending.setdefault(name, []).append(hook)
+        if _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)
+
+
+def cancel_import_hooks(hook_filter: Callable[[Callable[..., Any]], bool] | None = None) -> None:
+    """Forget pending hooks (all, or those ``hook_filter`` selects)."""
+    with _hook_lock:
+        for name in list(_pending):
+            kept = [h for h in _pending[name] if hook_filter is not None and not hook_filter(h)]
+            if kept:
+                _pending[name] = kept
+            else:
+                del _pending[name]
+        if not _pending and _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)
