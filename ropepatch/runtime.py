@@ -48,7 +48,7 @@ class EnableState:
 
     def spec_for(self, source: Any, **extra: Any) -> Any:
         """The spec of ``source`` under this state's overrides (plus ``extra`` explicit ones)."""
-        from ropepatch.detect import resolve
+        from ropepatch.detection import resolve
         from ropepatch.metadata.sources import load_view
 
         layers = self.layers()

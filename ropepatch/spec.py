@@ -212,7 +212,7 @@ class RopeSpec:
 class _WithDim:
     """``spec`` seen with a placeholder rotary dim, to compute dim-independent quantities."""
 
-    rotary_dim = 2
+    rotary_dim = 64
 
     def __init__(self, spec: RopeSpec) -> None:
         self._spec = spec

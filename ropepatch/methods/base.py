@@ -193,6 +193,8 @@ def default_inv_freq(base: float, dim: int) -> list[float]:
 
 def ntk_base(base: float, alpha: float, dim: int) -> float:
     """NTK-aware base change ``b * alpha**(d/(d-2))``."""
+    if dim <= 2:
+        raise RopeConfigError(f"NTK-style base changes need a rotary dim above 2, got {dim}", key="rotary_dim")
     return base * alpha ** (dim / (dim - 2))
 
 

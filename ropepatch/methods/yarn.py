@@ -137,10 +137,20 @@ class DynamicYarn(Yarn):
     transformers_type = None
 
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
-        p = super().prepare(spec, **kw)
-        if p.params["finetuned"] is None:
-            return Prepared(p.factor, p.original_max_position_embeddings, {**p.params, "finetuned": False}, p.warnings)
-        return p
+        p = Method.prepare(self, spec, **kw)
+        params = {**p.params, "finetuned": bool(p.params["finetuned"])}
+        factor = p.factor
+        if factor is None and spec.max_position_embeddings is not None:
+            factor = spec.max_position_embeddings / p.original_max_position_embeddings
+        if factor is None:
+            if params["finetuned"]:
+                raise RopeConfigError(
+                    "dynamic-yarn with finetuned=true needs 'factor' (the fine-tuned scale)",
+                    path=spec.source,
+                    key="factor",
+                )
+            factor = 1.0
+        return Prepared(factor, p.original_max_position_embeddings, params, p.warnings)
 
     def scale_at(self, prepared: Prepared, seq_len: int | None) -> float:
         floor = prepared.factor if prepared.params["finetuned"] else 1.0
