@@ -46,6 +46,9 @@ class RopeSpec:
     head_dim: int | None = None
     source: str | None = None
     model: str | None = None
+    # resolved at construction: the Method object and its prepared (defaults filled) parameters
+    _method_obj: Any = field(default=None, init=False, repr=False, compare=False)
+    _prepared: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from ropepatch.registry import get_registry
@@ -152,7 +155,7 @@ class RopeSpec:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict that :meth:`from_dict` turns back into an equal spec."""
         out: dict[str, Any] = {"schema": _SCHEMA}
-        for f in fields(self):
+        for f in _public_fields():
             value = getattr(self, f.name)
             if isinstance(value, Mapping):
                 value = {k: _jsonable(v) for k, v in value.items()}
@@ -170,7 +173,7 @@ class RopeSpec:
         schema = data.pop("schema", _SCHEMA)
         if schema != _SCHEMA:
             raise RopeConfigError(f"unsupported spec schema {schema!r} (this ropepatch reads {_SCHEMA!r})")
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in _public_fields()}
         unknown = sorted(set(data) - names)
         if unknown:
             raise RopeConfigError(f"unknown spec keys: {', '.join(unknown)}")
@@ -187,7 +190,7 @@ class RopeSpec:
 
     def replace(self, **changes: Any) -> RopeSpec:
         """A copy with some fields changed (validated again)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in _public_fields()}
         data.update(changes)
         return type(self)(**data)
 
@@ -207,6 +210,10 @@ class RopeSpec:
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+def _public_fields() -> list[Any]:
+    return [f for f in fields(RopeSpec) if f.init]
 
 
 class _WithDim:
