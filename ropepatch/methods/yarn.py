@@ -110,18 +110,7 @@ class NTKByParts(Yarn):
     transformers_type = None
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
-        q = prepared.params
-        d = require_dim(spec)
-        inv = yarn_inv_freq(
-            spec.rope_theta,
-            d,
-            prepared.factor,
-            prepared.original_max_position_embeddings,
-            q["beta_fast"],
-            q["beta_slow"],
-            q["truncate"],
-        )
-        return inv, 1.0
+        return self._at_scale(spec, prepared, prepared.factor)[0], 1.0
 
     def softmax_scale(self, spec: Any, prepared: Prepared) -> float:
         return 1.0
