@@ -86,9 +86,9 @@ class Yarn(Method):
             q["beta_slow"],
             q["truncate"],
         )
-        if q["attention_factor"] is not None:
+        if q.get("attention_factor") is not None:
             return inv, q["attention_factor"]
-        if q["mscale"] and q["mscale_all_dim"]:
+        if q.get("mscale") and q.get("mscale_all_dim"):
             return inv, get_mscale(scale, q["mscale"]) / get_mscale(scale, q["mscale_all_dim"])
         return inv, get_mscale(scale)
 

@@ -136,3 +136,15 @@ def test_frequencies_contract():
     assert inv.dtype == torch.float32 and inv.shape == (32,) and isinstance(att, float)
     meta, _ = spec.frequencies(device="meta")
     assert meta.device.type == "meta" and meta.shape == (32,)
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0, 32.0])
+def test_ntk_by_parts_is_yarn_without_temperature(factor):
+    """The YaRN paper's 2-way NTK-by-parts = transformers' yarn with attention_factor 1."""
+    rp = {"rope_type": "yarn", "rope_theta": 1e4, "factor": factor, "original_max_position_embeddings": 2048,
+          "attention_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    ref_inv, ref_att = hf(rp, 128, int(2048 * factor))
+    spec = RopeSpec("ntk-by-parts", rotary_dim=128, factor=factor, original_max_position_embeddings=2048)
+    inv, att = spec.frequencies()
+    torch.testing.assert_close(inv, ref_inv, rtol=RTOL_BLEND, atol=0)
+    assert att == ref_att == 1.0
