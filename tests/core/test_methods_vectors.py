@@ -154,3 +154,12 @@ def test_dynamic_methods_below_at_and_above_L0():
     static = RopeSpec("yarn", rotary_dim=128, factor=4.0, original_max_position_embeddings=4096).compute()
     assert dyarn.compute(100) == (pytest.approx(static[0], rel=TOL), pytest.approx(static[1], rel=TOL))
     assert dyarn.compute(32768)[1] == pytest.approx(0.1 * math.log(8) + 1, rel=TOL)
+
+
+def test_ntk_margin_is_ntk_with_alpha_s_plus_one(vectors):
+    """NTK-Margin with s = 3 is bloc97's NTK with alpha = 4 (vector ntk_alpha4), without temperature."""
+    expected = vectors["ntk_alpha4"]["expected"]
+    inv, att = RopeSpec("ntk-margin", rotary_dim=128, factor=3.0).compute()
+    assert inv[31] == pytest.approx(expected["inv_freq[31]"], rel=TOL)
+    assert inv[-1] == pytest.approx(expected["inv_freq[-1]"], rel=TOL)
+    assert att == 1.0
