@@ -294,12 +294,14 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, short timing (a smoke run)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per variant")
+    parser.add_argument("--case", choices=["prefill", "decode"], default=None, help="only these shapes")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     default_dtypes = "bf16" if device.type == "cuda" else "fp32,bf16"
     dtypes = [DTYPES[d.strip()] for d in (args.dtype or default_dtypes).split(",")]
     cases = QUICK_CASES if args.quick else (GPU_CASES if device.type == "cuda" else CPU_CASES)
+    cases = [c for c in cases if args.case in (None, c.name)]
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
     peak, peak_how = peak_bandwidth(device)
     hf = _llama_apply()
