@@ -295,9 +295,13 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per variant")
     parser.add_argument("--case", choices=["prefill", "decode"], default=None, help="only these shapes")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads:
+        # on a shared machine OpenMP barriers with busy cores cost milliseconds: 1 thread is steadier
+        torch.set_num_threads(args.threads)
     default_dtypes = "bf16" if device.type == "cuda" else "fp32,bf16"
     dtypes = [DTYPES[d.strip()] for d in (args.dtype or default_dtypes).split(",")]
     cases = QUICK_CASES if args.quick else (GPU_CASES if device.type == "cuda" else CPU_CASES)
