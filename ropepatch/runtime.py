@@ -118,6 +118,9 @@ def enable(
 
     new = _make_state(overrides, kernels=kernels, strict=strict, runtimes=runtimes, per_model=per_model)
     with _lock:
+        from ropepatch import kernels as _kernels
+
+        _kernels.set_enabled(kernels)
         if _state is not None:
             if _state.settings() != new.settings():
                 _state.explicit, _state.env, _state.per_model = new.explicit, new.env, new.per_model
@@ -176,6 +179,9 @@ def disable() -> None:
         state, _state = _state, None
         if state is None:
             return
+        from ropepatch import kernels as _kernels
+
+        _kernels.set_enabled(False)
         cancel_import_hooks(lambda hook: getattr(hook, "__ropepatch_state__", None) is state)
         for name in reversed(list(state.installed)):
             state.installed.pop(name).restore()
