@@ -42,6 +42,10 @@ TESTED = "transformers>=4.36,<5.24"
 
 _lock = threading.RLock()
 
+STRICT_CONFIG_MODULES = tuple(
+    f"transformers.models.{m}.configuration_{m}" for m in ("phi3", "phimoe", "phi4_multimodal", "deepseek_v4")
+)
+
 
 def _current() -> Any:
     from ropepatch.runtime import current
@@ -59,7 +63,12 @@ class TransformersAdapter(Adapter):
 
     def install(self, patches: PatchSet, runtime: Any) -> None:
         """Install every patch point now or when its module is imported."""
-        from ropepatch.adapters.transformers_config import install_config_patches, install_rope_config_patches
+        from ropepatch.adapters.transformers_config import (
+            install_config_patches,
+            install_from_dict,
+            install_rope_config_patches,
+            patch_strict_module,
+        )
         from ropepatch.adapters.transformers_legacy import VALIDATED_CONFIG_MODULES, patch_config_validators
         from ropepatch.adapters.transformers_plan import forget
         from ropepatch.adapters.transformers_registry import install_registry
@@ -75,11 +84,14 @@ class TransformersAdapter(Adapter):
         points: list[tuple[str, Callable[[PatchSet, Any], None]]] = [
             ("transformers.modeling_rope_utils", rope_utils),
             ("transformers.configuration_utils", install_config_patches),
+            ("transformers.configuration_utils", lambda p, m: install_from_dict(p, m, _current)),
             ("transformers.modeling_utils", lambda p, m: _install_model_hooks(p, m)),
             ("transformers.dynamic_module_utils", lambda p, m: install_remote(p, m, _convert_remote)),
             ("transformers.modeling_gguf_pytorch_utils", install_gguf),
         ]
         points += [(name, lambda p, m: patch_config_validators(p, m, _current)) for name in VALIDATED_CONFIG_MODULES]
+        # v5 strict classes whose captured validate_rope rejects all but transformers' own types
+        points += [(name, lambda p, m: patch_strict_module(p, m, _current)) for name in STRICT_CONFIG_MODULES]
         for name, fn in points:
             _on_import(patches, state, name, fn)
 
@@ -183,7 +195,7 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
         if plan.ours and hasattr(type(config), "__class_validators__"):
             from ropepatch.adapters.transformers_config import install_strict_validators
 
-            install_strict_validators(patches, type(config))
+            install_strict_validators(patches, type(config), _current)
         apply_plan(config, plan)
 
 

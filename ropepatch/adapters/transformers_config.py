@@ -75,8 +75,8 @@ def install_rope_config_patches(patches: PatchSet, rope_utils: Any) -> None:
     patches.set(mixin, "standardize_rope_params", standardize_rope_params)
 
 
-def install_strict_validators(patches: PatchSet, config_cls: type) -> None:
-    """Let ropepatch types through a config class's captured ``validate_rope`` (idempotent)."""
+def install_strict_validators(patches: PatchSet, config_cls: type, current_state: Any = None) -> None:
+    """Let ropepatch's types, and types ropepatch resolves, through a class's captured ``validate_rope``."""
     from transformers.modeling_rope_utils import RotaryEmbeddingConfigMixin
 
     generic = RotaryEmbeddingConfigMixin.validate_rope
@@ -87,10 +87,35 @@ def install_strict_validators(patches: PatchSet, config_cls: type) -> None:
                 continue
             if not any(getattr(v, "__name__", "") == "validate_rope" and v is not generic for v in validators):
                 continue
-            patches.set(cls, "__class_validators__", [_tolerant(v, generic) for v in validators])
+            patches.set(cls, "__class_validators__", [_tolerant(v, generic, current_state) for v in validators])
 
 
-def _tolerant(validator: Any, generic: Any) -> Any:
+def patch_strict_module(patches: PatchSet, module: Any, current_state: Any) -> None:
+    """``install_strict_validators`` for every config class defined in ``module``."""
+    for value in list(vars(module).values()):
+        if isinstance(value, type) and value.__module__ == module.__name__ and "__class_validators__" in value.__dict__:
+            install_strict_validators(patches, value, current_state)
+
+
+def install_from_dict(patches: PatchSet, configuration_utils: Any, current_state: Any) -> None:
+    """Make every config class loaded through ``from_dict`` tolerant before it validates."""
+    cls = getattr(configuration_utils, "PreTrainedConfig", None) or configuration_utils.PretrainedConfig
+    original = cls.__dict__["from_dict"]
+    func = original.__func__
+
+    @functools.wraps(func)
+    def from_dict(klass: Any, *args: Any, **kwargs: Any) -> Any:
+        if "__class_validators__" in vars(klass) or hasattr(klass, "__class_validators__"):
+            try:
+                install_strict_validators(patches, klass, current_state)
+            except Exception:  # noqa: BLE001 - loading must go on; transformers will say what is wrong
+                pass
+        return func(klass, *args, **kwargs)
+
+    patches.set(cls, "from_dict", classmethod(from_dict))
+
+
+def _tolerant(validator: Any, generic: Any, current_state: Any = None) -> Any:
     if getattr(validator, "__name__", "") != "validate_rope" or validator is generic:
         return validator
 
@@ -103,7 +128,17 @@ def _tolerant(validator: Any, generic: Any) -> Any:
             kinds.extend(v.get("rope_type") for v in rope.values() if isinstance(v, Mapping))
         if any(is_ropepatch_type(k) for k in kinds):
             return generic(self)  # the model-specific check only knows transformers' own types
-        return validator(self)
+        try:
+            return validator(self)
+        except ValueError:
+            state = current_state() if current_state is not None else None
+            if state is None:
+                raise
+            try:
+                state.spec_for(self)  # a method ropepatch knows: the model will be built through it
+            except Exception:  # noqa: BLE001 - not ours either: transformers' error stands
+                raise
+            return generic(self)
 
     validate_rope.__ropepatch__ = True  # type: ignore[attr-defined]
     return validate_rope
