@@ -146,18 +146,38 @@ def rope_attr(config: Any) -> str | None:
 
 
 def _config_data(config: Any) -> dict[str, Any]:
+    """The config as loaded: rope dicts ropepatch rewrote are read as they were before."""
+    from ropepatch.adapters.transformers_config import _MISSING, _original_of
+
     try:
-        return config.to_dict()
+        data = config.to_dict()
     except Exception:  # noqa: BLE001 - a half-built config: fall back to its attributes
-        return {k: v for k, v in vars(config).items() if not k.startswith("__")}
+        data = {k: v for k, v in vars(config).items() if not k.startswith("__")}
+    for key in ("rope_parameters", "rope_scaling"):
+        restored = _original_of(data.get(key))
+        if restored is not _MISSING:
+            data[key] = restored
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    if name and not data.get("_name_or_path"):
+        data["_name_or_path"] = name
+    data.setdefault("model_type", getattr(config, "model_type", None))
+    return data
 
 
 def _resolve(config: Any, state: Any) -> Plan | None:
     data = _config_data(config)
     overrides = any(not layer.is_empty() and layer.applies_to(_names(data)) for layer in state.layers())
-    if not uses_rope(data) and not overrides:
-        return None
-    spec = state.spec_for(config)
+    if data.get("alibi") is True or data.get("position_embedding_type") in ("absolute", "alibi", "learned"):
+        return None  # no RoPE in this model
+    hinted = uses_rope(data) or overrides
+    try:
+        spec = state.spec_for(data)
+    except RopeConfigError:
+        if hinted:
+            raise
+        return None  # no RoPE metadata and nothing ropepatch can read: not a RoPE model to us
+    if not hinted and spec.method == "default":
+        return None  # e.g. GPT-2, or RefinedWeb remote code with nothing known about it
     attr = rope_attr(config)
     layer, current = _current_rope(config, attr)
     remote = bool(data.get("auto_map")) and type(config).__module__.startswith("transformers_modules")

@@ -117,7 +117,7 @@ def test_rotary_table_after_fresh_reload(case: str, checkpoints: dict[str, Path]
     assert result["rope_type"].startswith("ropepatch_"), result
     calls = torch.load(result["file"])["calls"]
     expected_lengths = [None, LONG, None] if spec.is_dynamic else [None, None, None]
-    for (L, cos, sin), length in zip(calls, expected_lengths):
+    for (L, cos, sin), length in zip(calls, expected_lengths, strict=True):
         ref_cos, ref_sin = _reference(spec, length, L)
         assert torch.allclose(cos, ref_cos, rtol=0, atol=2e-6), (case, L, (cos - ref_cos).abs().max())
         assert torch.allclose(sin, ref_sin, rtol=0, atol=2e-6), (case, L, (sin - ref_sin).abs().max())
