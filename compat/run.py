@@ -40,6 +40,7 @@ def python_for(version: str) -> Path:
     python = env / "bin" / "python"
     if not python.exists():
         venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env)
+        _see_our_site_packages(python)
     probe = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(m.version('transformers'))"],
         capture_output=True,
@@ -51,6 +52,23 @@ def python_for(version: str) -> Path:
             check=True,
         )
     return python
+
+
+def _see_our_site_packages(python: Path) -> None:
+    """Let the new venv import this interpreter's packages (torch, pytest) behind its own.
+
+    ``--system-site-packages`` reaches the *base* interpreter's site-packages only; when this
+    runner itself runs inside a venv (CI does), torch lives in that venv, so a ``.pth`` file points
+    the new venv there too. Packages the new venv installs (that transformers) still come first.
+    """
+    import sysconfig
+
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    Path(site, "ropepatch-compat-parent.pth").write_text("\n".join(ours) + "\n")
 
 
 def run_version(version: str) -> dict[str, object]:
