@@ -25,6 +25,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from ropepatch.adapters.transformers_registry import track
 from ropepatch.adapters.transformers_plan import Plan
 from ropepatch.errors import RopeConfigError
 
@@ -153,6 +154,7 @@ def _finish_registry(module: Any, plan: Plan) -> None:
     setattr(module, _STATE, _State(plan, kind="registry"))
     if not (plan.ours and plan.spec.is_dynamic):
         return
+    track(module)  # disable() keeps its rope type registered while the module lives
     layer = plan.layer if isinstance(module.rope_type, dict) else None
     prefix = f"{layer}_" if layer is not None else ""
     setattr(module, f"{prefix}max_seq_len_cached" if layer else "max_seq_len_cached", plan.threshold)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,6 +142,25 @@ def all_type_keys() -> list[str]:
     return keys
 
 
+#: rotary modules built with a ropepatch dynamic type: they look their type up in
+#: ROPE_INIT_FUNCTIONS on every length change, so disable() keeps the entry while they live
+_live_modules: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track(module: Any) -> None:
+    """Remember a module whose rope type ropepatch registered and which re-reads it per forward."""
+    _live_modules.add(module)
+
+
+def in_use(key: str) -> bool:
+    """True while a live tracked module has rope type ``key`` (per layer type too)."""
+    for module in list(_live_modules):
+        rope_type = getattr(module, "rope_type", None)
+        if rope_type == key or (isinstance(rope_type, dict) and key in rope_type.values()):
+            return True
+    return False
+
+
 def install_registry(patches: PatchSet, rope_utils: Any) -> None:
     """Register every ropepatch type with ``transformers.modeling_rope_utils`` (restorable)."""
     registry = getattr(rope_utils, "ROPE_INIT_FUNCTIONS", None)
@@ -150,7 +170,7 @@ def install_registry(patches: PatchSet, rope_utils: Any) -> None:
     mixin = getattr(rope_utils, "RotaryEmbeddingConfigMixin", None)
     for key in all_type_keys():
         # never "default": that would replace every plain model's frequencies (runtimes.md)
-        patches.set_item(registry, key, init_fn)
+        patches.set_item(registry, key, init_fn, keep_if=lambda key=key: in_use(key))
         if validators is not None:
             patches.set_item(validators, key, _validator_v4)
         if mixin is not None:
