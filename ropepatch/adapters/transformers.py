@@ -15,6 +15,7 @@ and restored exactly by ``ropepatch.disable()``:
 ``modeling_gguf_pytorch_utils``            ``load_gguf_checkpoint``: keep ``rope.scaling.*``
 ``models.*.configuration_*`` (<= 4.57)     ``_rope_scaling_validation`` accepts what ropepatch resolves
 ``models.*.modeling_*`` (<= 4.47)          ``_init_rope`` builds the plain class for ropepatch specs
+``models.*.modeling_*`` (``kernels=True``)  ``apply_rotary_pos_emb`` -> fused kernel for CUDA tensors
 =========================================  ===================================================
 """
 
@@ -187,6 +188,11 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
     from ropepatch.adapters.transformers_remote import building
 
     building.config = config
+    if state.kernels:
+        from ropepatch.adapters.transformers_kernels import route_to_kernels
+
+        with _lock:
+            route_to_kernels(patches, type(model))
     plan = plan_for(config, state)  # a RopeConfigError here is a refusal: it must reach the user
     if plan is None:
         return
