@@ -122,14 +122,22 @@ def _on_import(patches: PatchSet, state: Any, name: str, fn: Callable[[PatchSet,
         return
 
     def hook(module: Any) -> None:
-        if _current() is not state:
-            return  # disabled meanwhile
+        if _current() is not state or TransformersAdapter.name in state.failures:
+            return  # disabled meanwhile, or the adapter already gave up
         with _lock:
             try:
                 with patches.transaction():
                     fn(patches, module)
             except Exception as exc:  # noqa: BLE001 - an import must not fail because of ropepatch
-                message = f"ropepatch: could not patch {name}: {type(exc).__name__}: {exc}"
+                # no half-applied adapter: undo every point installed so far and stop
+                patches.restore()
+                state.installed.pop(TransformersAdapter.name, None)
+                version = TransformersAdapter().version()
+                message = (
+                    f"ropepatch: the transformers adapter failed to patch {name} (transformers {version}) and "
+                    f"left transformers unchanged: {type(exc).__name__}: {exc}"
+                )
+                state.failures[TransformersAdapter.name] = message
                 warnings.warn(message, RopepatchWarning, stacklevel=2)
                 log.warning(message)
 
