@@ -40,6 +40,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.detectors.native",
     "ropepatch.detectors.rope_scaling",
     "ropepatch.detectors.fallback",
+    "ropepatch.adapters.exllamav2",
+    "ropepatch.adapters.exllamav3",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"
