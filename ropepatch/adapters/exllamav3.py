@@ -192,7 +192,11 @@ class ExLlamaV3Adapter(Adapter):
             return None
         if spec.method == "default" and not spec_overridden(spec):
             return None
-        if origin and origin.whole_config and abs(spec.rope_theta - float(settings.rope_theta)) > 1e-6 * spec.rope_theta:
+        if (
+            origin
+            and origin.whole_config
+            and abs(spec.rope_theta - float(settings.rope_theta)) > 1e-6 * spec.rope_theta
+        ):
             return None  # another RoPE family of the same model (a local/global base): not described by the spec
         return spec
 
