@@ -36,7 +36,6 @@ from ropepatch.adapters.base import Adapter
 from ropepatch.adapters.exllama_tables import (
     CONTEXT,
     PER_POSITION,
-    cos_sin_factor,
     position_angles,
     sincos_table,
     table_policy,
@@ -111,7 +110,7 @@ class ExLlamaV2Adapter(Adapter):
             inv, attention = spec.frequencies(context, device)
             if getattr(cfg.arch.lm, "rope_freq_half", False):
                 inv = inv.half()
-            return inv, cos_sin_factor(spec, attention, head_dim=cfg.head_dim)
+            return inv, attention
 
         patches.set(rope, "get_rope_params", get_rope_params)
 
@@ -176,9 +175,9 @@ class ExLlamaV2Adapter(Adapter):
         offset = int(getattr(cfg, "pos_id_index", 0) or 0)
         half = bool(getattr(arch, "rope_freq_half", False))
         angles, attention = self._angles(spec, rows, offset, int(cfg.max_seq_len), half)
-        multiplier = cos_sin_factor(spec, 1.0, head_dim=int(cfg.head_dim))
-        factor = attention * multiplier  # a float, or one value per row (dynamic YaRN)
-        sin, cos = sincos_table(angles, factor, interleaved=interleaved, dtype=sin0.dtype, device=sin0.device)
+        # attention: a float, or one value per row (dynamic YaRN). A spec's softmax_scale (DeepSeek's
+        # mscale_all_dim) is for architectures that rescale their softmax; ExLlamaV2 has none of them.
+        sin, cos = sincos_table(angles, attention, interleaved=interleaved, dtype=sin0.dtype, device=sin0.device)
         if in_place:
             sin0.copy_(sin)
             cos0.copy_(cos)

@@ -192,6 +192,8 @@ class ExLlamaV3Adapter(Adapter):
             return None
         if spec.method == "default" and not spec_overridden(spec):
             return None
+        for message in spec.warnings:
+            self._say_once(("spec-warning", label, message), f"ropepatch: {message}", warn=True)
         if (
             origin
             and origin.whole_config
@@ -232,17 +234,20 @@ class ExLlamaV3Adapter(Adapter):
         if table_policy(spec) == CONTEXT:
             context = settings.override_max_position_embeddings or settings.max_position_embeddings
         inv, attention = spec.frequencies(context)
-        folded = 1.0
         fold = getattr(rope_mod, "yarn_sm_scale_fold", None)
         if getattr(settings, "yarn_mscale_ratio", False) and fold is not None:
-            folded = float(fold(settings.rope_scaling))  # the architecture already scales its softmax by this
+            # a DeepSeek-family architecture: it folds mscale_all_dim^2 from the config into its softmax
+            # scale; cos/sin make up any difference to the spec's (an overridden factor)
+            attention = cos_sin_factor(
+                spec, attention, head_dim=settings.head_dim, runtime_softmax=float(fold(settings.rope_scaling))
+            )
         old = getattr(module, "inv_freq", None)
         inv = inv.to(device=old.device if isinstance(old, torch.Tensor) else module.device).contiguous()
         if isinstance(old, torch.Tensor) and old.shape == inv.shape and old.dtype == inv.dtype:
             old.copy_(inv)  # keep the tensor CUDA graphs may have captured
         else:
             module.inv_freq = inv
-        module.attn_factor = cos_sin_factor(spec, attention, head_dim=settings.head_dim, runtime_softmax=folded)
+        module.attn_factor = attention
         module.cached_sin = module.cached_cos = None
         module.cached_sincos_max = 0
         self._report(spec)

@@ -28,7 +28,10 @@ from typing import Any
 
 V2_VERSIONS = ("0.1.0", "0.1.8", "0.2.4", "0.2.6", "0.2.8", "0.3.2")
 V3_VERSIONS = ("1.0.0", "1.4.9", "1.6.5")
-EXTRA_DEPS = {"exllamav2": ("sentencepiece",), "exllamav3": ("marisa-trie", "llguidance")}
+EXTRA_DEPS = {
+    "exllamav2": ("sentencepiece",),
+    "exllamav3": ("marisa-trie", "llguidance", "kbnf<0.5", "formatron", "general-sam", "frozendict"),
+}
 
 
 class InstallError(RuntimeError):
