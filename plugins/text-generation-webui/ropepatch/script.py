@@ -38,8 +38,10 @@ def _reload():
 def setup():
     """Enable ropepatch; a ``--model`` from the command line was loaded before this ran: reload it once."""
     from modules import models
+    from modules.logging_colors import logger
 
-    webui.setup(store, shared, models)
+    if webui.setup(store, shared, models):
+        logger.info(f"ropepatch: reloading {shared.model_name} done: it is built with its detected RoPE scaling")
     if shared.args.api or getattr(shared.args, "public_api", False):
         from modules.api import script as api  # the API server starts after the extensions' setup()
 
