@@ -48,12 +48,12 @@ def sh(cmd: list[str], **kw: object) -> None:
 
 
 def webui_version(webui: Path) -> str:
-    for candidate in (webui / "one_click.py", webui / "modules" / "shared.py"):
-        if candidate.is_file():
-            m = re.search(r"""(?:VERSION|version)\s*=\s*["']v?([\d.]+)""", candidate.read_text(errors="ignore"))
-            if m:
-                return m.group(1)
-    return "unknown"
+    """The checkout's ``git describe`` (an exported archive has none: pass --version-label)."""
+    try:
+        out = subprocess.run(["git", "describe", "--tags", "--always"], cwd=webui, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def install(webui: Path, venv: Path, src: Path) -> Path:
@@ -120,10 +120,11 @@ def main() -> int:
     ap.add_argument("--api-port", type=int, default=5057)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--skip-install", action="store_true")
+    ap.add_argument("--version-label", help="webui version to report (for a checkout without .git)")
     args = ap.parse_args()
     webui = args.webui.resolve()
     venv = (args.venv or webui / ".venv-ropepatch").resolve()
-    result: dict = {"webui": str(webui), "webui_version": webui_version(webui), "checks": {}}
+    result: dict = {"webui": str(webui), "webui_version": args.version_label or webui_version(webui), "checks": {}}
     checks = result["checks"]
 
     python = venv / "bin" / "python" if args.skip_install else install(webui, venv, args.ropepatch_src.resolve())
