@@ -435,7 +435,7 @@ def test_disable_restores_the_original_functions(exllamav2: Any) -> None:
     rope = importlib.import_module("exllamav2.rope") if _version(exllamav2) >= Version("0.2.5") else None
     rope_before = rope.get_rope_params if rope else None
     ropepatch.enable()
-    assert ropepatch.runtime.status()["installed"] == ["exllamav2"]
+    assert "exllamav2" in ropepatch.runtime.status()["installed"]
     assert owner.__dict__["prepare_sincos"] is not before
     ropepatch.disable()
     assert owner.__dict__["prepare_sincos"] is before
@@ -473,5 +473,5 @@ def test_mrope_callers_get_the_spec_frequencies(exllamav2: Any, tmp_path: Path) 
 def test_installs_on_every_tested_version(exllamav2: Any) -> None:
     ropepatch.enable()
     status = ropepatch.runtime.status()
-    assert status["installed"] == ["exllamav2"], status
-    assert not status["skipped"] and not status["failures"]
+    assert "exllamav2" in status["installed"], status
+    assert "exllamav2" not in status["skipped"] and "exllamav2" not in status["failures"]
