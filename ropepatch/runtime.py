@@ -219,9 +219,10 @@ def patch_model(model: Any, **overrides: Any) -> Any:
             per_model=[],
             kernels=state.kernels,
         )
-    for adapter in get_registry().adapters.values():
-        if adapter.problem() is None and adapter.patch_model(model, state):
-            return model
+    with _lock:  # never interleaved with enable()/disable() installing or restoring patches
+        for adapter in get_registry().adapters.values():
+            if adapter.problem() is None and adapter.patch_model(model, state):
+                return model
     raise TypeError(f"ropepatch: no adapter knows how to patch a {type(model).__name__}")
 
 

@@ -101,19 +101,29 @@ class TransformersAdapter(Adapter):
         modeling_utils = sys.modules.get("transformers.modeling_utils")
         if modeling_utils is None or not isinstance(model, modeling_utils.PreTrainedModel):
             return False
-        _ensure_registry(runtime)
-        from ropepatch.adapters.transformers_modules import fix_modules
-        from ropepatch.adapters.transformers_plan import apply_plan, forget, plan_for
-
-        models = [m for m in model.modules() if isinstance(m, modeling_utils.PreTrainedModel)]
-        for sub in reversed(models):  # innermost first: each owns the rotary modules below it
-            forget(sub.config)
-            plan = plan_for(sub.config, runtime)
-            if plan is None:
-                continue
-            apply_plan(sub.config, plan)
-            fix_modules(sub, plan, convert=True)
+        temporary = _temporary_registry(runtime)
+        try:
+            _convert_model(model, runtime, modeling_utils)
+        finally:
+            if temporary is not None:
+                # without enable(): leave no registry entries behind, but those a live dynamic
+                # model still looks up (see PatchSet.set_item keep_if)
+                temporary.restore()
         return True
+
+
+def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
+    from ropepatch.adapters.transformers_modules import fix_modules
+    from ropepatch.adapters.transformers_plan import apply_plan, forget, plan_for
+
+    models = [m for m in model.modules() if isinstance(m, modeling_utils.PreTrainedModel)]
+    for sub in reversed(models):  # innermost first: each owns the rotary modules below it
+        forget(sub.config)
+        plan = plan_for(sub.config, runtime)
+        if plan is None:
+            continue
+        apply_plan(sub.config, plan)
+        fix_modules(sub, plan, convert=True)
 
 
 def _on_import(patches: PatchSet, state: Any, name: str, fn: Callable[[PatchSet, Any], None]) -> None:
@@ -145,24 +155,18 @@ def _on_import(patches: PatchSet, state: Any, name: str, fn: Callable[[PatchSet,
     when_imported(name, hook)
 
 
-_standalone: PatchSet | None = None
-
-
-def _ensure_registry(state: Any) -> None:
-    """patch_model without enable(): ropepatch's types must still be registered (kept for the process)."""
-    global _standalone
-    if "transformers" in getattr(state, "installed", {}) or _standalone is not None:
-        return
+def _temporary_registry(state: Any) -> PatchSet | None:
+    """patch_model without enable(): ropepatch's types registered for the duration of the call."""
+    if "transformers" in getattr(state, "installed", {}):
+        return None
     rope_utils = sys.modules.get("transformers.modeling_rope_utils")
     if rope_utils is None:
-        return
+        return None
     from ropepatch.adapters.transformers_registry import install_registry
 
-    with _lock:
-        if _standalone is None:
-            patches = PatchSet("transformers (patch_model)")
-            install_registry(patches, rope_utils)
-            _standalone = patches
+    patches = PatchSet("transformers (patch_model)")
+    install_registry(patches, rope_utils)
+    return patches
 
 
 def _install_model_hooks(patches: PatchSet, modeling_utils: Any) -> None:
@@ -215,11 +219,14 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
 
 def _finish(model: Any, state: Any) -> None:
     from ropepatch.adapters.transformers_modules import fix_modules
-    from ropepatch.adapters.transformers_plan import cached_plan, plan_for
+    from ropepatch.adapters.transformers_plan import cached_plan
 
     known, plan = cached_plan(model.config)
     if not known:
-        plan = plan_for(model.config, state)
+        # construction began before enable() (another thread enabled meanwhile): the config was
+        # never prepared, so convert the built modules as patch_model does
+        _convert_model(model, state, sys.modules["transformers.modeling_utils"])
+        return
     if plan is not None:
         fix_modules(model, plan, convert=False)
 
