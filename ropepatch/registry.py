@@ -40,6 +40,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.detectors.native",
     "ropepatch.detectors.rope_scaling",
     "ropepatch.detectors.fallback",
+    "ropepatch.adapters.tgi",
+    "ropepatch.adapters.vllm",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"
