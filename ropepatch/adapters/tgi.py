@@ -170,8 +170,9 @@ def table_rows(spec: Any, config: Any = None, environ: Mapping[str, str] | None 
     if total > 0:
         return total
     context = spec.effective_context
-    if context is None and spec.effective_factor is not None and spec.effective_original is not None:
-        context = int(round(spec.effective_factor * spec.effective_original))
+    original = spec.effective_original or spec.max_position_embeddings
+    if context is None and spec.effective_factor is not None and original is not None:
+        context = int(round(spec.effective_factor * original))
     fallback = getattr(config, "max_position_embeddings", None) if config is not None else None
     return int(context or spec.max_position_embeddings or fallback or 4096)
 
@@ -182,18 +183,39 @@ def _config_data(config: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
         data = dict(config)
     else:
         data = dict(config.to_dict())
-    name = getattr(config, "_name_or_path", None) or data.get("_name_or_path")
+    name = getattr(config, "_name_or_path", None) or data.get("_name_or_path") or _served_model_id()
     names: tuple[str, ...] = ()
     if name:
         data["_name_or_path"] = str(name)
         names = (str(name), str(name).rstrip("/").rsplit("/", 1)[-1])
     raw = _checkpoint_config(str(name)) if name else None
-    if raw is not None and not any(raw.get(k) is not None for k in _THETA_KEYS):
-        # e.g. TGI's RWConfig fills rope_theta=10000 when config.json has none; the detectors must
-        # see the checkpoint's silence to apply what they know about it
+    if raw is not None and not _states_theta(raw):
+        # config classes fill in a base when config.json has none (TGI's RWConfig, transformers'
+        # rope_parameters); the detectors must see the checkpoint's silence to apply what they
+        # know about it (the known-checkpoint table)
         for key in _THETA_KEYS:
             data.pop(key, None)
+        for key in ("rope_parameters", "rope_scaling"):
+            rd = data.get(key)
+            if isinstance(rd, Mapping):
+                data[key] = {k: v for k, v in rd.items() if k != "rope_theta"}
     return data, names
+
+
+def _served_model_id() -> str | None:
+    """The model id of a TGI shard (``text-generation-server serve MODEL_ID ...``), when the config lacks it."""
+    import sys
+
+    argv = sys.argv
+    if len(argv) > 2 and argv[1] == "serve" and os.path.basename(argv[0]).startswith("text-generation-server"):
+        return argv[2]
+    return None
+
+
+def _states_theta(raw: Mapping[str, Any]) -> bool:
+    if any(raw.get(k) is not None for k in _THETA_KEYS):
+        return True
+    return any(isinstance(raw.get(k), Mapping) and raw[k].get("rope_theta") is not None for k in ("rope_parameters", "rope_scaling"))
 
 
 def _checkpoint_config(name: str) -> dict[str, Any] | None:
@@ -232,21 +254,16 @@ def tgi_rotary_class(cls: type) -> type:
         return sub
 
     def _update_cos_sin_cache(self: Any, dtype: Any, device: Any, seqlen: int) -> None:
-        import torch
+        from ropepatch.adapters.tables import cos_sin_table
 
         rows = max(int(seqlen), int(self.ropepatch_rows))
         cached = self._cos_cached
         if cached is not None and rows <= self._seq_len_cached and cached.device == device and cached.dtype == dtype:
             return
-        spec = self.ropepatch_spec
-        # a length-dependent method is evaluated once, at the longest sequence the table serves
-        inv_freq, attention = spec.frequencies(rows if spec.is_dynamic else None, device)
+        cos, sin, inv_freq = cos_sin_table(self.ropepatch_spec, rows, device)
         self.inv_freq = inv_freq
-        t = torch.arange(rows, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)
-        # the attention factor multiplies cos and sin, i.e. q and k (logits × factor²)
-        self._cos_cached = (torch.cos(freqs) * attention).to(dtype)
-        self._sin_cached = (torch.sin(freqs) * attention).to(dtype)
+        self._cos_cached = cos.to(dtype)
+        self._sin_cached = sin.to(dtype)
         self._seq_len_cached = rows
 
     sub = type(

@@ -178,21 +178,17 @@ def ropepatch_rotary_class(base_cls: type) -> type:
             self.ropepatch_spec = spec  # read by the table methods, which the base __init__ calls
             super().__init__(head_size, rotary_dim, max_position_embeddings, base, is_neox_style, dtype)
 
-        def _ropepatch_seq_len(self) -> int | None:
-            # dynamic methods: evaluated at the table's length, the longest sequence served
-            return self.max_position_embeddings if self.ropepatch_spec.is_dynamic else None
-
         def _compute_inv_freq(self, base: float) -> Any:
-            return self.ropepatch_spec.frequencies(self._ropepatch_seq_len())[0]
+            spec = self.ropepatch_spec
+            return spec.frequencies(self.max_position_embeddings if spec.is_dynamic else None)[0]
 
         def _compute_cos_sin_cache(self) -> Any:
             import torch
 
-            inv_freq, attention = self.ropepatch_spec.frequencies(self._ropepatch_seq_len())
-            t = torch.arange(self.max_position_embeddings, dtype=torch.float)
-            freqs = torch.outer(t, inv_freq)
-            # the attention factor multiplies cos and sin, i.e. q and k (logits × factor²)
-            return torch.cat((freqs.cos() * attention, freqs.sin() * attention), dim=-1)
+            from ropepatch.adapters.tables import cos_sin_table
+
+            cos, sin, _ = cos_sin_table(self.ropepatch_spec, self.max_position_embeddings)
+            return torch.cat((cos, sin), dim=-1)  # vLLM's layout: one row per position, cos ‖ sin
 
         def extra_repr(self) -> str:
             return f"{super().extra_repr()}, ropepatch={self.ropepatch_spec.summary()!r}"

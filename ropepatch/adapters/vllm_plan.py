@@ -143,8 +143,9 @@ def serving_context(spec: RopeSpec) -> int | None:
     metadata's ``max_position_embeddings``.
     """
     ctx = spec.effective_context
-    if ctx is None and spec.effective_factor is not None and spec.effective_original is not None:
-        ctx = int(round(spec.effective_factor * spec.effective_original))
+    original = spec.effective_original or spec.max_position_embeddings
+    if ctx is None and spec.effective_factor is not None and original is not None:
+        ctx = int(round(spec.effective_factor * original))
     if ctx is None:
         ctx = spec.max_position_embeddings
     return ctx

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import venv
 
-from conftest import clean_env, ropepatch_cli
+from launcher_helpers import clean_env, ropepatch_cli
 
 from ropepatch.launcher.pth import PTH_NAME
 

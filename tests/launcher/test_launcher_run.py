@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import ROOT, clean_env, ropepatch_cli
+from launcher_helpers import ROOT, clean_env, ropepatch_cli
 
 from ropepatch.launcher import BOOTSTRAP_DIR
 
