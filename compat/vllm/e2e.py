@@ -85,19 +85,11 @@ def serve(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "sequences"}))
 
 
-def _describe_rotary(model) -> dict:
-    """Runs in each worker (cloudpickled): which rotary class the model really holds."""
-    import os
-
-    rot = model.model.layers[0].self_attn.rotary_emb
-    return {"pid": os.getpid(), "class": type(rot).__name__, "mro": [c.__name__ for c in type(rot).__mro__[:3]],
-            "cache_rows": int(rot.cos_sin_cache.shape[0]), "cos_sin_cache_00": float(rot.cos_sin_cache[0, 0]),
-            "spec": getattr(getattr(rot, "ropepatch_spec", None), "method", None)}  # fmt: skip
-
-
 def _rotary_description(llm) -> list:
-    try:  # needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 (run.sh sets it) to ship the function to workers
-        return llm.apply_model(_describe_rotary)
+    from vllm_probe import describe_rotary  # importable in workers: spawn copies sys.path
+
+    try:  # needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 (run.sh sets it) to ship the call to workers
+        return llm.apply_model(describe_rotary)
     except Exception as exc:  # noqa: BLE001
         return [f"(not reachable: {type(exc).__name__}: {exc})"]
 

@@ -77,8 +77,13 @@ def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
         raise RuntimeError(f"{module.__name__}.PositionRotaryEmbedding.static is not a classmethod")
     original = descriptor.__func__
     rope_config = getattr(module, "_get_rope_config", None)
+    logged: set[tuple[str, int]] = set()
 
     def static(cls: type, config: Any, dim: int, base: float, device: Any) -> Any:
+        from ropepatch.runtime import current
+
+        if current() is not state:  # disabled meanwhile (restore() puts TGI's own back)
+            return original(cls, config, dim, base, device)
         try:
             plan = plan_static(state, config, dim, base, tgi_rope_scaling=rope_config(config) if rope_config else None)
         except RopeConfigError as exc:
@@ -96,7 +101,9 @@ def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
         layer = table_cls(inv_freq, None)  # PositionRotaryEmbedding.__init__(inv_freq, scaling_factor)
         layer.ropepatch_spec = spec
         layer.ropepatch_rows = rows
-        log.info("ropepatch: TGI rotary layer %s, %d rows", spec.summary(), rows)
+        if (spec.to_json(), rows) not in logged:  # once per distinct table, not once per layer
+            logged.add((spec.to_json(), rows))
+            log.info("ropepatch: TGI rotary layer %s, %d rows", spec.summary(), rows)
         return layer
 
     static.__wrapped__ = original  # type: ignore[attr-defined]

@@ -89,6 +89,12 @@ def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any) -> None:
         raise RuntimeError(f"get_rope{signature} has no rope_parameters argument (vLLM < 0.11 layout)")
 
     def get_rope(*args: Any, **kwargs: Any) -> Any:
+        from ropepatch.runtime import current
+
+        if current() is not state:
+            # disabled: a module that imported this wrapper while ropepatch was on keeps a reference
+            # that restore() cannot reach; it must behave exactly like vLLM's own factory
+            return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
@@ -207,6 +213,10 @@ def _patch_max_len(module: ModuleType, patches: PatchSet, state: Any) -> None:
             raise RuntimeError(f"_get_and_verify_max_len{signature} has no {needed!r} argument")
 
     def _get_and_verify_max_len(*args: Any, **kwargs: Any) -> Any:
+        from ropepatch.runtime import current
+
+        if current() is not state:
+            return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         hf_config = bound.arguments["hf_config"]
         context = _config_context(state, hf_config)

@@ -17,7 +17,15 @@ from ropepatch.cli.overrides_args import add_override_args, overrides_from_args
 
 __all__ = ["add_parser", "run"]
 
-_SHOWN = ("ROPEPATCH", "ROPEPATCH_AUTOENABLE", "ROPEPATCH_KERNELS", "ROPEPATCH_STRICT", "ROPEPATCH_RUNTIMES", "PYTHONPATH")
+_SHOWN = (
+    "ROPEPATCH",
+    "ROPEPATCH_AUTOENABLE",
+    "ROPEPATCH_KERNELS",
+    "ROPEPATCH_STRICT",
+    "ROPEPATCH_RUNTIMES",
+    "ROPEPATCH_LOG",
+    "PYTHONPATH",
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -35,6 +43,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--kernels", action="store_true", help="enable(kernels=True) in every process")
     p.add_argument("--strict", action="store_true", help="a process where ropepatch cannot patch exits (status 2)")
     p.add_argument("--runtimes", help="comma-separated adapters to install (default: all; see `ropepatch plugins`)")
+    p.add_argument("--log", metavar="LEVEL", help="ropepatch's log to stderr in every process (info shows each patched layer)")
     p.add_argument("--print-env", action="store_true", help="print the variables COMMAND would get and exit")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run")
     return p
@@ -48,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     runtimes = args.runtimes.split(",") if args.runtimes else None
     # validation first: nothing runs with overrides that a child would reject
-    env = launch_environment(overrides_from_args(args), kernels=args.kernels, strict=args.strict, runtimes=runtimes)
+    env = launch_environment(
+        overrides_from_args(args), kernels=args.kernels, strict=args.strict, runtimes=runtimes, log=args.log
+    )
     if args.print_env:
         for key in _SHOWN:
             if key in env:

@@ -12,9 +12,22 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from ropepatch.launcher.environment import ENV_KERNELS, ENV_RUNTIMES, ENV_STRICT, truthy
+from ropepatch.launcher.environment import ENV_KERNELS, ENV_LOG, ENV_RUNTIMES, ENV_STRICT, truthy
 
 __all__ = ["autoenable"]
+
+
+def _log_to_stderr(level: str) -> None:
+    """Servers configure their own logging (TGI: loguru); ropepatch's own log gets a stderr handler."""
+    import logging
+
+    log = logging.getLogger("ropepatch")
+    if not any(getattr(h, "_ropepatch", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(name)s[{os.getpid()}] %(levelname)s %(message)s"))
+        handler._ropepatch = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(getattr(logging, level.strip().upper(), logging.INFO))
 
 
 @contextmanager
@@ -42,6 +55,8 @@ def _all_site_dirs() -> Iterator[None]:
 def autoenable(environ: Mapping[str, str] | None = None) -> bool:
     """Call ``ropepatch.enable()`` as the environment says; return whether ropepatch is enabled."""
     env = os.environ if environ is None else environ
+    if env.get(ENV_LOG):
+        _log_to_stderr(env[ENV_LOG])
     strict = truthy(env.get(ENV_STRICT))
     runtimes = [n.strip() for n in env.get(ENV_RUNTIMES, "").split(",") if n.strip()] or None
     try:

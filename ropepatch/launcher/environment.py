@@ -15,6 +15,7 @@ __all__ = [
     "BOOTSTRAP_DIR",
     "ENV_AUTOENABLE",
     "ENV_KERNELS",
+    "ENV_LOG",
     "ENV_RUNTIMES",
     "ENV_STRICT",
     "launch_environment",
@@ -33,6 +34,8 @@ ENV_KERNELS = "ROPEPATCH_KERNELS"
 ENV_STRICT = "ROPEPATCH_STRICT"
 #: comma-separated adapter names: ``enable(runtimes=...)``
 ENV_RUNTIMES = "ROPEPATCH_RUNTIMES"
+#: a logging level (``info``, ``debug``): ropepatch's log goes to stderr in every process
+ENV_LOG = "ROPEPATCH_LOG"
 
 _ORIGIN = "ropepatch run"
 
@@ -48,6 +51,7 @@ def launch_environment(
     kernels: bool = False,
     strict: bool = False,
     runtimes: Iterable[str] | None = None,
+    log: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment a command launched by ``ropepatch run`` gets (``environ`` plus ropepatch's).
@@ -73,6 +77,10 @@ def launch_environment(
         env[ENV_STRICT] = "1"
     if names is not None:
         env[ENV_RUNTIMES] = ",".join(names)
+    if log:
+        if log.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise RopeConfigError(f"log level must be debug, info, warning or error, got {log!r}", path=_ORIGIN)
+        env[ENV_LOG] = log.lower()
     env["PYTHONPATH"] = _prepend_path(str(BOOTSTRAP_DIR), env.get("PYTHONPATH", ""))
     return env
 

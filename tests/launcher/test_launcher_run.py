@@ -109,6 +109,7 @@ def test_bad_overrides_fail_before_the_command_starts(tmp_path):
         (["--method", "yran"], "did you mean 'yarn'"),
         (["--method", "yarn", "--set", "beta_fats=16"], "did you mean 'beta_fast'"),
         (["--runtimes", "vllmm"], "unknown runtime 'vllmm'"),
+        (["--log", "loud"], "log level must be"),
         (["--method", "longrope", "--set", "short_factor=[1,2]", "--set", "long_factor=[1,2]"], "cannot pass"),
     ]
     for flags, message in cases:
@@ -172,10 +173,12 @@ def test_a_process_can_opt_out_and_strict_children_stop_on_bad_settings(tmp_path
 
 
 def test_print_env_shows_what_the_command_gets(tmp_path):
-    proc = ropepatch_cli("run", "--method", "yarn", "--factor", "4", "--kernels", "--runtimes", "vllm,tgi", "--print-env")
+    proc = ropepatch_cli(
+        "run", "--method", "yarn", "--factor", "4", "--kernels", "--runtimes", "vllm,tgi", "--log", "info", "--print-env"
+    )
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split("=", 1) for line in proc.stdout.splitlines())
     assert lines["ROPEPATCH"] == "yarn:factor=4.0"
     assert lines["ROPEPATCH_AUTOENABLE"] == "1" and lines["ROPEPATCH_KERNELS"] == "1"
-    assert lines["ROPEPATCH_RUNTIMES"] == "vllm,tgi"
+    assert lines["ROPEPATCH_RUNTIMES"] == "vllm,tgi" and lines["ROPEPATCH_LOG"] == "info"
     assert lines["PYTHONPATH"].split(os.pathsep)[0] == str(BOOTSTRAP_DIR)

@@ -100,16 +100,29 @@ def test_dynamic_is_scaled_where_vllm_does_not(rotary):
     assert (native.cos_sin_cache - plain).abs().max() < 1e-5
 
 
-def test_factory_is_rebound_where_models_imported_it_and_restored(rotary):
-    from vllm.model_executor.models import llama
-
+def test_factory_is_rebound_where_models_imported_it_and_restored(monkeypatch):
     import ropepatch
+    from vllm.model_executor.layers import rotary_embedding
+    from vllm.model_executor.models import llama  # imported get_rope by name before ropepatch
 
-    wrapper = rotary.get_rope
-    assert getattr(wrapper, "__ropepatch__", False) and llama.get_rope is wrapper
-    original = wrapper.__wrapped__
-    ropepatch.disable()
-    assert rotary.get_rope is original and llama.get_rope is original
+    monkeypatch.delenv("ROPEPATCH", raising=False)
+    original = rotary_embedding.get_rope
+    assert llama.get_rope is original
+    ropepatch.enable()
+    try:
+        wrapper = rotary_embedding.get_rope
+        assert getattr(wrapper, "__ropepatch__", False) and wrapper.__wrapped__ is original
+        assert llama.get_rope is wrapper  # re-bound in the module that copied it
+        with set_current_vllm_config(VllmConfig()):
+            layer = llama.get_rope(D, 64, True, {"rope_type": "dynamic", "factor": 4.0, "rope_theta": THETA}, torch.float32)
+        assert type(layer).__name__ == "RopepatchRotaryEmbedding"
+    finally:
+        ropepatch.disable()
+    assert rotary_embedding.get_rope is original and llama.get_rope is original
+    # a copy taken while enabled cannot be reached by restore(): it passes straight through
+    with set_current_vllm_config(VllmConfig()):
+        native = wrapper(D, 64, True, {"rope_type": "dynamic", "factor": 4.0, "rope_theta": THETA}, torch.float32)
+    assert type(native).__name__ == "DynamicNTKScalingRotaryEmbedding"
 
 
 def test_max_model_len_for_ropepatch_names(tmp_path, monkeypatch):
