@@ -43,6 +43,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.adapters.transformers",
     "ropepatch.adapters.exllamav2",
     "ropepatch.adapters.exllamav3",
+    "ropepatch.adapters.tgi",
+    "ropepatch.adapters.vllm",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"
