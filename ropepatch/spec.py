@@ -8,6 +8,7 @@ parameters and, for each value, where it came from.
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import math
 import os
@@ -30,8 +31,29 @@ _SCHEMA = "ropepatch-spec/1"
 MAX_ROTARY_DIM = 1 << 16
 
 
+class _CheckedCall(type):
+    """Turns a call with an unknown or missing field into a RopeConfigError naming the closest field.
+
+    ``RopeSpec(facter=4)`` would otherwise raise the dataclass ``__init__``'s TypeError.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            inspect.signature(cls.__init__).bind(None, *args, **kwargs)  # type: ignore[misc]
+        except TypeError as exc:
+            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            unknown = [k for k in kwargs if k not in names]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise RopeConfigError(f"{cls.__name__} has no field {unknown[0]!r}{hint}", key=unknown[0]) from None
+            key = "method" if not args and "method" not in kwargs else None
+            raise RopeConfigError(f"{cls.__name__}(...): {exc}", key=key) from None
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True, eq=True)
-class RopeSpec:
+class RopeSpec(metaclass=_CheckedCall):
     """An immutable, validated RoPE scaling spec.
 
     Construct it with :func:`ropepatch.detect` or directly; construction canonicalises the method
