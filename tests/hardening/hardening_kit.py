@@ -189,6 +189,7 @@ def check_spec(spec: RopeSpec) -> None:
     assert context is None or context is _ERROR or (isinstance(context, int) and context > 0), context
     for position in (0, 1, 10**6):
         _finite_or_error(lambda position=position: spec.query_scale(position), "query_scale")
+    _cli_views(spec)
     if spec.rotary_dim is None:
         _finite_or_error(lambda: spec.attention_factor(), "attention_factor")
         return
@@ -210,6 +211,18 @@ def check_spec(spec: RopeSpec) -> None:
 
 
 _ERROR: Any = object()
+
+
+def _cli_views(spec: RopeSpec) -> None:
+    """What ``ropepatch inspect`` prints for the spec (text, --json, --as llama.cpp) renders."""
+    from ropepatch.cli.inspect_cmd import _text, inspect_report
+    from ropepatch.llamacpp import llamacpp_flags
+
+    report = _call_or_error(lambda: inspect_report(spec))
+    if report is not _ERROR:
+        json.dumps(report, allow_nan=False)
+        _text(spec, report)
+    _call_or_error(lambda: llamacpp_flags(spec))
 
 
 def _call_or_error(fn: Callable[[], Any]) -> Any:

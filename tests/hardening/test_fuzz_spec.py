@@ -94,6 +94,13 @@ def test_a_typo_in_a_spec_field_names_the_closest_field() -> None:
     spec = RopeSpec(method="linear", factor=2.0, rotary_dim=8)
     with pytest.raises(RopeConfigError, match="did you mean 'rotary_dim'"):
         spec.replace(rotary_dm=16)
+    # the constructor itself: no TypeError from the dataclass __init__
+    with pytest.raises(RopeConfigError, match="did you mean 'factor'") as info:
+        RopeSpec(method="linear", facter=2.0)  # type: ignore[call-arg]
+    assert info.value.key == "facter"
+    with pytest.raises(RopeConfigError, match="missing a required argument: 'method'") as info:
+        RopeSpec()  # type: ignore[call-arg]
+    assert info.value.key == "method"
 
 
 def test_path_source_is_stored_as_text(tmp_path: Path) -> None:
@@ -118,6 +125,18 @@ def test_tuple_parameters_round_trip() -> None:
         params={"short_factor": (1.0, 1.0, 1.0, 1.0), "long_factor": (2.0, 2.0, 2.0, 2.0)},
     )
     assert spec.params["short_factor"] == [1.0, 1.0, 1.0, 1.0]
+    kit.check_spec(spec)
+
+
+def test_inspect_renders_a_huge_attention_factor() -> None:
+    # found by review: the text view squared it with ** (OverflowError) instead of * (inf)
+    spec = RopeSpec(
+        method="yarn",
+        factor=4.0,
+        original_max_position_embeddings=4096,
+        rotary_dim=8,
+        params={"attention_factor": 1e200},
+    )
     kit.check_spec(spec)
 
 
