@@ -44,6 +44,8 @@ def detect(
     if use_env:
         layers.extend(env_overrides())
     if per_model:
+        if not isinstance(per_model, Mapping):
+            raise RopeConfigError(f"per_model must map model-name globs to overrides, got {type(per_model).__name__}")
         for pattern, mapping in per_model.items():
             layers.append(override_from_mapping(mapping, "per-model mapping", pattern=pattern))
     if overrides:

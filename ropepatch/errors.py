@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["RopeConfigError", "RopepatchWarning"]
+from typing import Any
+
+__all__ = ["RopeConfigError", "RopepatchWarning", "short_repr"]
 
 
 class RopeConfigError(ValueError):
@@ -19,7 +21,7 @@ class RopeConfigError(ValueError):
         prefix = []
         if path:
             prefix.append(str(path))
-        if key:
+        if key is not None:  # an empty key is still a key (GGUF allows one)
             prefix.append(f"key {key!r}")
         full = f"{': '.join(prefix)}: {message}" if prefix else message
         super().__init__(full)
@@ -27,3 +29,18 @@ class RopeConfigError(ValueError):
 
 class RopepatchWarning(UserWarning):
     """A contradiction in metadata that ropepatch resolved; the message says which value won."""
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters.
+
+    Hostile metadata can hold integers of thousands of digits (whose repr raises past Python's
+    digit limit), megabyte strings or objects whose repr fails; the message must survive all of them.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not replace the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -108,7 +108,7 @@ def _text(spec: Any, report: dict[str, Any]) -> str:
     )
     if p["attention_factor"] is not None:
         at = f" at seq_len {p['seq_len']}" if "seq_len" in p else ""
-        lines.append(f"attention cos/sin x {p['attention_factor']:.10g}{at} (logits x {p['attention_factor'] ** 2:.10g})")
+        lines.append(f"attention cos/sin x {p['attention_factor']:.10g}{at} (logits x {p['attention_factor'] * p['attention_factor']:.10g})")
     if p["softmax_scale"] != 1.0:
         lines.append(f"softmax   scale x {p['softmax_scale']:.10g} over the whole head")
     lines.append("values")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ropepatch.detectors.view import ConfigView
-from ropepatch.errors import RopeConfigError
+from ropepatch.errors import RopeConfigError, short_repr
 
 __all__ = ["read_common", "rope_dict", "gguf_arch", "number"]
 
@@ -19,14 +19,20 @@ def number(value: Any, view: ConfigView, key: str, *, integer: bool = False) -> 
             try:
                 value = float(value)
             except ValueError:
-                raise RopeConfigError(f"expected a number, got {value!r}", path=view.path, key=key) from None
+                raise RopeConfigError(f"expected a number, got {short_repr(value)}", path=view.path, key=key) from None
         else:
-            raise RopeConfigError(f"expected a number, got {type(value).__name__} {value!r}", path=view.path, key=key)
-    if not math.isfinite(value):
-        raise RopeConfigError(f"expected a finite number, got {value!r}", path=view.path, key=key)
+            raise RopeConfigError(
+                f"expected a number, got {type(value).__name__} {short_repr(value)}", path=view.path, key=key
+            )
+    try:
+        finite = math.isfinite(value)  # an int beyond float range overflows here
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise RopeConfigError(f"expected a finite number, got {short_repr(value)}", path=view.path, key=key)
     if integer:
-        if float(value) != int(value):
-            raise RopeConfigError(f"expected a whole number, got {value!r}", path=view.path, key=key)
+        if isinstance(value, float) and not value.is_integer():
+            raise RopeConfigError(f"expected a whole number, got {short_repr(value)}", path=view.path, key=key)
         return int(value)
     return value
 
@@ -64,9 +70,17 @@ def rope_dict(view: ConfigView) -> tuple[dict[str, Any] | None, str, list[str]]:
                     f"with rope_theta={d.get('rope_theta')}; the spec describes {layer!r}"
                 )
         return dict(chosen[layer]), f"{key}.{layer}", notes
-    if params is not None and isinstance(legacy, Mapping) and legacy and legacy != params:
+    if params is not None and isinstance(legacy, Mapping) and legacy and not _same(legacy, params):
         notes.append("both rope_parameters and rope_scaling are present; rope_parameters (transformers 5) is used")
     return dict(chosen), key, notes
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b``, False where comparing recurses without end (cyclic or absurdly deep metadata)."""
+    try:
+        return bool(a == b)
+    except RecursionError:
+        return False
 
 
 def read_common(view: ConfigView) -> tuple[dict[str, Any], dict[str, str]]:
@@ -148,7 +162,11 @@ def _read_gguf_common(view: ConfigView) -> tuple[dict[str, Any], dict[str, str]]
     take("head_dim", "attention.key_length", integer=True)
     emb, heads = view.get(f"{arch}.embedding_length"), view.get(f"{arch}.attention.head_count")
     if "head_dim" not in values and emb is not None and isinstance(heads, (int, float)) and heads:
-        values["head_dim"] = number(emb, view, f"{arch}.embedding_length", integer=True) // int(heads)
+        # head_count may be a float32 (NaN, 0.5) in a broken file: read it as the whole number it must be
+        n = number(heads, view, f"{arch}.attention.head_count", integer=True)
+        if n <= 0:
+            raise RopeConfigError(f"must be positive, got {n}", path=view.path, key=f"{arch}.attention.head_count")
+        values["head_dim"] = number(emb, view, f"{arch}.embedding_length", integer=True) // n
         where["head_dim"] = f"{view.where(arch + '.embedding_length')} / {view.where(arch + '.attention.head_count')}"
     if "rotary_dim" not in values and "head_dim" in values:
         values["rotary_dim"], where["rotary_dim"] = values["head_dim"], where["head_dim"]

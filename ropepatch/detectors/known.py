@@ -32,6 +32,8 @@ def _superhot(view: ConfigView, m: re.Match[str]) -> Finding | None:
     if view.get("rope_scaling") or view.get("rope_parameters"):
         return None  # the config already says it; metadata is right
     n, k = (m.group("n"), m.group("k")) if m.group("n") else (m.group("n2"), m.group("k2"))
+    if len(n) > 7 or not n.isascii():
+        return None  # no checkpoint was ever named for a context of more than 7 digits (or in other digits)
     target = int(n) * (1024 if k else 1)
     name = m.string.lower()
     original = 4096 if re.search(r"llama-?2|\bl2\b|-l2-|llama2", name) else 2048

@@ -57,8 +57,9 @@ def _deepseek_native(view: ConfigView) -> Finding | None:
     original = number(view.get("original_seq_len"), view, view.where("original_seq_len"), integer=True)
     factor = number(view.get("rope_factor"), view, view.where("rope_factor"))
     max_seq = view.get("max_seq_len")
-    if isinstance(max_seq, (int, float)) and not isinstance(max_seq, bool):
+    if max_seq is not None:
         max_seq_where = view.where("max_seq_len")
+        max_seq = number(max_seq, view, max_seq_where, integer=True)
     else:
         max_seq, max_seq_where = 4096 * 4, "DeepSeek reference default max_seq_len = 4096*4"
     f = Finding("yarn", detector="deepseek-native")
@@ -109,7 +110,8 @@ def _meta_params(view: ConfigView) -> Finding | None:
     f = Finding("llama3", detector="meta-params")
     f.provenance["method"] = view.where("use_scaled_rope")
     factor, fw = view.first("rope_scaling_factor", "scale_factor")
-    f.set("factor", float(factor) if factor is not None else 8.0, fw or "Meta reference default scale_factor=8")
+    value = number(factor, view, fw) if factor is not None else 8.0
+    f.set("factor", value, fw or "Meta reference default scale_factor=8")
     f.set("original_max_position_embeddings", 8192, "Meta reference old_context_len=8192")
     f.param("low_freq_factor", 1.0, "Meta reference low_freq_factor=1")
     f.param("high_freq_factor", 4.0, "Meta reference high_freq_factor=4")

@@ -7,7 +7,7 @@ from typing import Any
 
 from ropepatch.detectors.common import number, rope_dict
 from ropepatch.detectors.view import ConfigView, Finding
-from ropepatch.errors import RopeConfigError
+from ropepatch.errors import RopeConfigError, short_repr
 from ropepatch.hookspecs import hookimpl
 
 # keys of a rope dict that are not method parameters
@@ -84,6 +84,9 @@ def _from_rope_dict(
             view.where("original_max_position_embeddings"),
         )
     for k, v in rd.items():
+        if not isinstance(k, str):  # only a Python dict can hold one; no method parameter is named so
+            f.warnings.append(f"{key} has a non-string key {short_repr(k)}; ignored")
+            continue
         if k in _COMMON or k in _IGNORED or v is None:
             continue
         f.param(k, v, w(k))
@@ -100,6 +103,8 @@ def _from_top_level_original(view: ConfigView, top_original: Any) -> Finding | N
     if maxpos is None:
         return None
     maxpos = number(maxpos, view, view.where("max_position_embeddings"), integer=True)
+    if original <= 0:
+        raise RopeConfigError(f"must be a positive whole number, got {original}", path=view.path, key=where_o)
     if maxpos <= original:
         f = Finding("default", detector="rope_scaling")
         f.set("original_max_position_embeddings", original, where_o)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 from typing import Any, BinaryIO
 
@@ -43,9 +44,11 @@ MAX_KEPT_ARRAY = 1 << 16
 def is_gguf(path: str | os.PathLike[str]) -> bool:
     """True when the file starts with the GGUF magic."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # opening a FIFO would block
         with open(path, "rb") as fh:
             return fh.read(4) == MAGIC
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path with a NUL byte
         return False
 
 
@@ -131,7 +134,10 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The RoPE-relevant key/value pairs of a GGUF file's header (plus ``gguf.version``)."""
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise RopeConfigError("not a regular file (a device, pipe or socket cannot hold metadata)", path=str(path))
+        size = info.st_size
         fh = open(path, "rb")
     except OSError as exc:
         raise RopeConfigError(f"cannot read GGUF file: {exc.strerror or exc}", path=path) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ def load_view(source: Any) -> ConfigView:
     to_dict = getattr(source, "to_dict", None)
     if callable(to_dict) and hasattr(source, "model_type"):
         data = to_dict()
+        if not isinstance(data, Mapping):
+            raise RopeConfigError(f"{type(source).__name__}.to_dict() returned a {type(data).__name__}, not a mapping")
+        data = dict(data)
         # transformers configs know where they were loaded from; keep it for the known-checkpoint table
         name = getattr(source, "_name_or_path", None) or getattr(source, "name_or_path", None)
         if name and "_name_or_path" not in data:
@@ -45,6 +49,13 @@ def load_view(source: Any) -> ConfigView:
 
 
 def _view_of_path(path: Path) -> ConfigView:
+    try:
+        return _view_of_existing_path(path)
+    except OSError as exc:  # a folder we may not list, a file that vanished between two looks
+        raise RopeConfigError(f"cannot read: {exc.strerror or exc}", path=str(exc.filename or path)) from None
+
+
+def _view_of_existing_path(path: Path) -> ConfigView:
     if path.is_dir():
         config = path / "config.json"
         if config.is_file():
@@ -60,19 +71,29 @@ def _view_of_path(path: Path) -> ConfigView:
         if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
             hint = " (ropepatch never downloads: pass the local folder the checkpoint was saved or cached in)"
         raise RopeConfigError(f"no such file or folder{hint}", path=str(path))
+    _require_regular_file(path)
     if path.suffix == ".gguf" or is_gguf(path):
         return _view_of_gguf(path)
     return _view_of_json(path)
 
 
+def _require_regular_file(path: Path) -> None:
+    # a FIFO would block the first read forever, /dev/zero would never end: read only plain files
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise RopeConfigError("not a regular file (a device, pipe or socket cannot hold metadata)", path=str(path))
+
+
 def _view_of_json(path: Path) -> ConfigView:
     try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise RopeConfigError(f"config file is {size} bytes; refusing to parse more than {MAX_CONFIG_BYTES}", path=str(path))
-        raw = path.read_bytes()
+        _require_regular_file(path)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows while we read
     except OSError as exc:
         raise RopeConfigError(f"cannot read config: {exc.strerror or exc}", path=str(path)) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise RopeConfigError(
+            f"config file is larger than {MAX_CONFIG_BYTES} bytes; refusing to parse it", path=str(path)
+        )
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -81,6 +102,8 @@ def _view_of_json(path: Path) -> ConfigView:
         raise RopeConfigError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=str(path)) from None
     except RecursionError:
         raise RopeConfigError("malformed JSON: nested too deeply", path=str(path)) from None
+    except ValueError as exc:  # an integer literal beyond Python's int-from-string digit limit
+        raise RopeConfigError(f"malformed JSON: {str(exc).split(';')[0]}", path=str(path)) from None
     if not isinstance(data, dict):
         raise RopeConfigError(f"config must be a JSON object, got {type(data).__name__}", path=str(path))
     kind = "gguf" if "general.architecture" in data else "config.json"

@@ -13,18 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ropepatch.errors import RopeConfigError
+from ropepatch.errors import RopeConfigError, short_repr
 
 __all__ = [
     "REQUIRED",
     "Method",
     "Param",
     "Prepared",
+    "check_params",
     "correction_range",
     "default_inv_freq",
     "get_mscale",
     "linear_ramp",
     "ntk_base",
+    "ntk_exponent",
 ]
 
 
@@ -161,41 +163,110 @@ def _coerce(p: Param, value: Any, source: str | None, key: str) -> Any:
                 try:
                     value = float(value)
                 except ValueError:
-                    raise bad(f"expected a number, got {value!r}") from None
+                    raise bad(f"expected a number, got {short_repr(value)}") from None
             else:
-                raise bad(f"expected a number, got {type(value).__name__} {value!r}")
-        if not math.isfinite(value):
-            raise bad(f"must be a finite number, got {value!r}")
+                raise bad(f"expected a number, got {type(value).__name__} {short_repr(value)}")
+        number = _finite(value)
+        if number is None:
+            raise bad(f"must be a finite number, got {short_repr(value)}")
         if p.kind == "int":
-            if float(value) != int(value):
-                raise bad(f"expected a whole number, got {value!r}")
+            if not (isinstance(value, int) or number.is_integer()):
+                raise bad(f"expected a whole number, got {short_repr(value)}")
             return int(value)
-        return float(value)
+        return number
     if p.kind == "floats":
         if not isinstance(value, (list, tuple)):
             raise bad(f"expected a list of numbers, got {type(value).__name__}")
         out = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise bad(f"element {i} must be a finite number, got {v!r}")
-            if v <= 0:
-                raise bad(f"element {i} must be positive, got {v!r}")
-            out.append(float(v))
+            number = None if isinstance(v, bool) or not isinstance(v, (int, float)) else _finite(v)
+            if number is None:
+                raise bad(f"element {i} must be a finite number, got {short_repr(v)}")
+            if number <= 0:
+                raise bad(f"element {i} must be positive, got {short_repr(v)}")
+            out.append(number)
         return tuple(out)
     return value
+
+
+def _finite(value: int | float) -> float | None:
+    """``float(value)`` when finite (an int beyond float64 overflows: None)."""
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
 
 
 # -- shared float64 helpers (bloc97's helpers, identical in every later implementation) -----
 def default_inv_freq(base: float, dim: int) -> list[float]:
     """``1 / base**(2i/dim)`` for ``i`` in ``0 .. dim/2-1``."""
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
+        # a scaled base can leave the reals (negative ** fraction is complex in Python) or float64
+        raise RopeConfigError(
+            f"the RoPE base after scaling is {short_repr(base)}, not a finite positive number; "
+            "factor, rope_theta or a method parameter is out of range",
+            key="rope_theta",
+        )
     return [1.0 / (base ** ((2 * i) / dim)) for i in range(dim // 2)]
+
+
+def ntk_exponent(dim: int) -> float:
+    """The NTK-aware exponent ``d/(d-2)``; a rotary dim of 2 has none."""
+    if dim <= 2:
+        raise RopeConfigError(
+            f"NTK-aware scaling needs a rotary dim above 2 (its exponent is d/(d-2)), got {dim}", key="rotary_dim"
+        )
+    return dim / (dim - 2)
 
 
 def ntk_base(base: float, alpha: float, dim: int) -> float:
     """NTK-aware base change ``b * alpha**(d/(d-2))``."""
-    if dim <= 2:
-        raise RopeConfigError(f"NTK-style base changes need a rotary dim above 2, got {dim}", key="rotary_dim")
-    return base * alpha ** (dim / (dim - 2))
+    return base * alpha ** ntk_exponent(dim)
+
+
+def check_params(
+    method: str,
+    spec: Any,
+    params: Mapping[str, Any],
+    where: Callable[[str], str | None],
+    *,
+    positive: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+) -> None:
+    """Refuse parameters the formulas cannot take (they divide by them or take their logarithm)."""
+    for key in positive:
+        value = params.get(key)
+        if value is not None and not value > 0:
+            raise RopeConfigError(
+                f"{method}: {key} must be positive, got {value!r}", path=spec.source, key=where(key) or key
+            )
+    for key in non_negative:
+        value = params.get(key)
+        if value is not None and value < 0:
+            raise RopeConfigError(
+                f"{method}: {key} must not be negative, got {value!r}", path=spec.source, key=where(key) or key
+            )
+
+
+def check_ramp_base(method: str, spec: Any, where: Callable[[str], str | None]) -> None:
+    """The correction range divides by ln(rope_theta): a base of exactly 1 has no range."""
+    if spec.rope_theta == 1:
+        raise RopeConfigError(
+            f"{method} needs rope_theta != 1 (its correction range divides by ln(rope_theta))",
+            path=spec.source,
+            key=where("rope_theta") or "rope_theta",
+        )
+
+
+def check_ntk_dim(method: str, spec: Any, where: Callable[[str], str | None]) -> None:
+    """NTK-aware methods need a rotary dim above 2 (known at prepare time only when the metadata says it)."""
+    if spec.rotary_dim is not None and spec.rotary_dim <= 2:
+        raise RopeConfigError(
+            f"{method} needs a rotary dim above 2 (its exponent is d/(d-2)), got {spec.rotary_dim}",
+            path=spec.source,
+            key=where("rotary_dim") or "rotary_dim",
+        )
 
 
 def get_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -250,11 +321,14 @@ def require_dim(spec: Any) -> int:
     return dim
 
 
-def seq_len_int(seq_len: Any) -> int | None:
+def seq_len_int(seq_len: Any, name: str = "seq_len") -> int | None:
     """Accept ints, floats and 0-d tensors (transformers passes a tensor) for ``seq_len``."""
     if seq_len is None:
         return None
     try:
-        return int(seq_len)
-    except (TypeError, ValueError):
-        raise RopeConfigError(f"seq_len must be a whole number, got {seq_len!r}") from None
+        value = int(seq_len)
+    except (TypeError, ValueError, OverflowError):  # NaN, inf, text
+        raise RopeConfigError(f"{name} must be a whole number, got {short_repr(seq_len)}", key=name) from None
+    if value < 0:
+        raise RopeConfigError(f"{name} must not be negative, got {value}", key=name)
+    return value

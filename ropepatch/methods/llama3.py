@@ -7,7 +7,7 @@ from typing import Any
 
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
-from ropepatch.methods.base import Method, Param, Prepared, default_inv_freq, require_dim
+from ropepatch.methods.base import Method, Param, Prepared, check_params, default_inv_freq, require_dim
 
 
 class Llama3(Method):
@@ -24,6 +24,9 @@ class Llama3(Method):
 
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
         p = super().prepare(spec, **kw)
+        # both divide the original context: zero or negative makes wavelength bands meaningless
+        where = kw.get("where") or (lambda k: None)
+        check_params(self.name, spec, p.params, where, positive=("low_freq_factor", "high_freq_factor"))
         if p.params["high_freq_factor"] == p.params["low_freq_factor"]:
             raise RopeConfigError(
                 "llama3 needs high_freq_factor != low_freq_factor (the smoothing divides by their difference)",

@@ -7,7 +7,7 @@ from typing import Any
 
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
-from ropepatch.methods.base import REQUIRED, Method, Param, Prepared, require_dim, seq_len_int
+from ropepatch.methods.base import REQUIRED, Method, Param, Prepared, check_params, require_dim, seq_len_int
 
 
 class LongRope(Method):
@@ -26,7 +26,15 @@ class LongRope(Method):
 
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
         p = super().prepare(spec, **kw)
-        where = kw.get("where", lambda k: None)
+        where = kw.get("where") or (lambda k: None)
+        check_params(self.name, spec, p.params, where, positive=("attention_factor",))
+        if p.params["attention_factor"] is None and self.scale(spec, p) > 1 and p.original_max_position_embeddings < 2:
+            raise RopeConfigError(
+                "LongRoPE's attention factor sqrt(1 + ln s / ln L0) needs an original context of at least 2, "
+                f"got {p.original_max_position_embeddings}",
+                path=spec.source,
+                key=where("original_max_position_embeddings") or "original_max_position_embeddings",
+            )
         if spec.rotary_dim is not None:
             for key in ("short_factor", "long_factor"):
                 n = len(p.params[key])

@@ -11,11 +11,18 @@ from ropepatch.methods.base import (
     Method,
     Param,
     Prepared,
+    check_ntk_dim,
+    check_params,
     default_inv_freq,
     ntk_base,
+    ntk_exponent,
     require_dim,
     seq_len_int,
 )
+
+
+def _where(kw: dict[str, Any]) -> Any:
+    return kw.get("where") or (lambda k: None)
 
 
 class FixedNTK(Method):
@@ -27,6 +34,7 @@ class FixedNTK(Method):
 
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
         p = super().prepare(spec, **kw)
+        check_ntk_dim(self.name, spec, _where(kw))
         alpha = p.params["alpha"] if p.params["alpha"] is not None else p.factor
         if alpha is None:
             raise RopeConfigError(
@@ -57,6 +65,11 @@ class DynamicNTK(Method):
     uses_original = "optional"
     transformers_type = "dynamic"
 
+    def prepare(self, spec: Any, **kw: Any) -> Prepared:
+        p = super().prepare(spec, **kw)
+        check_ntk_dim(self.name, spec, _where(kw))
+        return p
+
     def length0(self, spec: Any, prepared: Prepared) -> int:
         L0 = prepared.original_max_position_embeddings or spec.max_position_embeddings
         if L0 is None:
@@ -73,7 +86,7 @@ class DynamicNTK(Method):
         L0 = self.length0(spec, prepared)
         L = max(seq_len_int(seq_len) or L0, L0)
         s = prepared.factor
-        base = spec.rope_theta * ((s * L / L0) - (s - 1)) ** (d / (d - 2))
+        base = spec.rope_theta * ((s * L / L0) - (s - 1)) ** ntk_exponent(d)
         return default_inv_freq(base, d), 1.0
 
     def effective_context(self, spec: Any, prepared: Prepared) -> int | None:
@@ -90,14 +103,19 @@ class UnclampedDynamicNTK(DynamicNTK):
     uses_original = "required"
     params = (Param("alpha_scaler", "float", 1.0, "FalconLite's DNTK_ALPHA_SCALER (divides L)"),)
 
+    def prepare(self, spec: Any, **kw: Any) -> Prepared:
+        p = super().prepare(spec, **kw)
+        check_params(self.name, spec, p.params, _where(kw), positive=("alpha_scaler",))
+        return p
+
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
         L0 = self.length0(spec, prepared)
         L = seq_len_int(seq_len)
-        if L is None:
+        if not L:  # no length yet (None or 0 tokens): the ratio form would shrink the base to 0
             return default_inv_freq(spec.rope_theta, d), 1.0
         ratio = L / prepared.params["alpha_scaler"] / L0
-        return default_inv_freq(spec.rope_theta * ratio ** (d / (d - 2)), d), 1.0
+        return default_inv_freq(spec.rope_theta * ratio ** ntk_exponent(d), d), 1.0
 
 
 class QwenDynamicNTK(Method):
@@ -109,6 +127,18 @@ class QwenDynamicNTK(Method):
     dynamic = True
     uses_original = "required"
     params = (Param("use_logn_attn", "bool", False, "scale queries by log_L0(position) past L0"),)
+
+    def prepare(self, spec: Any, **kw: Any) -> Prepared:
+        p = super().prepare(spec, **kw)
+        check_ntk_dim(self.name, spec, _where(kw))
+        if p.params["use_logn_attn"] and p.original_max_position_embeddings < 2:
+            raise RopeConfigError(
+                "use_logn_attn scales queries by log(pos)/log(L0): the original context must be at least 2, "
+                f"got {p.original_max_position_embeddings}",
+                path=spec.source,
+                key=_where(kw)("original_max_position_embeddings") or "original_max_position_embeddings",
+            )
+        return p
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
@@ -137,6 +167,11 @@ class NTKMargin(Method):
     formula = "b' = b * (s+1)^(d/(d-2))"
     uses_factor = "required"
     uses_original = "optional"
+
+    def prepare(self, spec: Any, **kw: Any) -> Prepared:
+        p = super().prepare(spec, **kw)
+        check_ntk_dim(self.name, spec, _where(kw))
+        return p
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)

@@ -10,6 +10,9 @@ from ropepatch.methods.base import (
     Param,
     Prepared,
     blend,
+    check_ntk_dim,
+    check_params,
+    check_ramp_base,
     correction_range,
     default_inv_freq,
     linear_ramp,
@@ -32,6 +35,15 @@ class PartNTK(Method):
         Param("ntk_factor", "float", 1.0, "weight of the NTK blend"),
         Param("extrapolation_factor", "float", 1.0, "weight of the unscaled blend"),
     )
+
+    def prepare(self, spec: Any, **kw: Any) -> Prepared:
+        p = super().prepare(spec, **kw)
+        where = kw.get("where") or (lambda k: None)
+        # the ramps take ln(L0 / (2*pi*turns)) / ln(base): turns must be positive, base not 1
+        check_params(self.name, spec, p.params, where, positive=("beta_0", "beta_1", "gamma_0", "gamma_1"))
+        check_ramp_base(self.name, spec, where)
+        check_ntk_dim(self.name, spec, where)
+        return p
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)

@@ -11,6 +11,8 @@ from ropepatch.methods.base import (
     Param,
     Prepared,
     blend,
+    check_params,
+    check_ramp_base,
     correction_range,
     default_inv_freq,
     get_mscale,
@@ -65,10 +67,22 @@ class Yarn(Method):
             factor = spec.max_position_embeddings / original
             warnings.append(f"yarn: no factor given; using max_position_embeddings/original = {factor:g}")
         for key, default in (("beta_fast", 32.0), ("beta_slow", 1.0)):
-            if params[key] == 0:
+            if key in params and params[key] == 0:
                 # transformers reads these with `or`, so 0 silently means the default; say so.
                 warnings.append(f"yarn: {key}=0 is read as the default {default:g}, as transformers does")
                 params[key] = default
+        where = kw.get("where") or (lambda k: None)
+        # the correction range takes ln(L0 / (2*pi*beta)) / ln(base); the temperatures divide by
+        # 0.1*mscale*ln(s) + 1, which a negative mscale can make zero
+        check_params(
+            self.name,
+            spec,
+            params,
+            where,
+            positive=("beta_fast", "beta_slow", "attention_factor"),
+            non_negative=("mscale", "mscale_all_dim"),
+        )
+        check_ramp_base(self.name, spec, where)
         return Prepared(factor, original, params, tuple(warnings))
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
