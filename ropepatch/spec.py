@@ -223,7 +223,8 @@ class RopeSpec(metaclass=_CheckedCall):
         import torch
 
         inv, attention = self.compute(seq_len)
-        tensor = torch.tensor(inv, dtype=torch.float64).to(torch.float32)
+        # explicit CPU: from_pretrained builds models under a `torch.device("meta")` context
+        tensor = torch.tensor(inv, dtype=torch.float64, device="cpu").to(torch.float32)
         if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
             # finite positive in float64 but outside float32's range (rope_theta of 1e300, say)
             raise RopeConfigError(
@@ -232,8 +233,10 @@ class RopeSpec(metaclass=_CheckedCall):
                 path=self.source,
                 key=self.provenance.get("rope_theta") or "rope_theta",
             )
-        if device is not None:
-            tensor = tensor.to(device)
+        # no device: the caller's default device, as torch.tensor would give (meta under from_pretrained)
+        target = torch.device(device) if device is not None else torch.get_default_device()
+        if target != tensor.device:
+            tensor = tensor.to(target)
         return tensor, attention
 
     # -- serialisation ---------------------------------------------------------------------

@@ -99,7 +99,7 @@ def _as_env_text(override: Override) -> str:
         override.target_context,
     )
     if not same:
-        # the ROPEPATCH grammar splits on ',' and ';': list values (longrope factors) cannot pass
+        # a value whose text form does not parse back the same must not reach children altered
         raise RopeConfigError(
             f"cannot pass these overrides to child processes through ${ENV_VAR} (they would read back "
             f"differently: {text!r}); put list-valued parameters such as long_factor in the checkpoint's "

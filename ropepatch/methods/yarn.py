@@ -66,12 +66,16 @@ class Yarn(Method):
                 )
             factor = spec.max_position_embeddings / original
             warnings.append(f"yarn: no factor given; using max_position_embeddings/original = {factor:g}")
+        self._check(spec, params, warnings, kw.get("where") or (lambda k: None))
+        return Prepared(factor, original, params, tuple(warnings))
+
+    def _check(self, spec: Any, params: dict[str, Any], warnings: list[str], where: Any) -> None:
+        """Checks every YaRN variant shares; fixes ``params`` in place where transformers would."""
         for key, default in (("beta_fast", 32.0), ("beta_slow", 1.0)):
             if key in params and params[key] == 0:
                 # transformers reads these with `or`, so 0 silently means the default; say so.
-                warnings.append(f"yarn: {key}=0 is read as the default {default:g}, as transformers does")
+                warnings.append(f"{self.name}: {key}=0 is read as the default {default:g}, as transformers does")
                 params[key] = default
-        where = kw.get("where") or (lambda k: None)
         # the correction range takes ln(L0 / (2*pi*beta)) / ln(base); the temperatures divide by
         # 0.1*mscale*ln(s) + 1, which a negative mscale can make zero
         check_params(
@@ -83,7 +87,6 @@ class Yarn(Method):
             non_negative=("mscale", "mscale_all_dim"),
         )
         check_ramp_base(self.name, spec, where)
-        return Prepared(factor, original, params, tuple(warnings))
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         return self._at_scale(spec, prepared, prepared.factor)
@@ -153,7 +156,9 @@ class DynamicYarn(Yarn):
                     key="factor",
                 )
             factor = 1.0
-        return Prepared(factor, p.original_max_position_embeddings, params, p.warnings)
+        warnings = list(p.warnings)
+        self._check(spec, params, warnings, kw.get("where") or (lambda k: None))
+        return Prepared(factor, p.original_max_position_embeddings, params, tuple(warnings))
 
     def scale_at(self, prepared: Prepared, seq_len: int | None) -> float:
         floor = prepared.factor if prepared.params["finetuned"] else 1.0

@@ -81,7 +81,7 @@ def test_target_context_leaves_scaled_checkpoints_and_short_targets_alone():
         ("yarn:factr=4", "did you mean 'factor'"),
         ("yran:factor=4", "did you mean 'yarn'"),
         ("yarn:factor", "expected key=value"),
-        ("target_context=-5", "positive whole number"),
+        ("target_context=-5", "positive"),
         ("orginal_max_position_embeddings=4096", "did you mean 'original_max_position_embeddings'"),
     ],
 )

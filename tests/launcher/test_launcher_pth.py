@@ -37,7 +37,7 @@ def test_pth_enables_only_when_asked_and_uninstalls(tmp_path):
 
     assert run() == "False None"  # installed but not asked for: inert
     assert run(ROPEPATCH_AUTOENABLE="0") == "False None"
-    assert run(ROPEPATCH_AUTOENABLE="1", ROPEPATCH="ntk:alpha=2") == "True ['ntk:alpha=2']"
+    assert run(ROPEPATCH_AUTOENABLE="1", ROPEPATCH="ntk:alpha=2") == "True ['ntk:alpha=2.0']"
     # the system interpreter (another site-packages) is untouched
     out = subprocess.run([sys.executable, "-c", PROGRAM], env=clean_env(ROPEPATCH_AUTOENABLE="1"), capture_output=True, text=True)
     assert out.stdout.strip() == "False None"
