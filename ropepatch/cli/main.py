@@ -19,6 +19,8 @@ VERBS: tuple[str, ...] = (
     "ropepatch.cli.inspect_cmd",
     "ropepatch.cli.methods_cmd",
     "ropepatch.cli.plugins_cmd",
+    "ropepatch.cli.eval_cmd",
+    "ropepatch.cli.doctor_cmd",
 )
 
 
