@@ -56,3 +56,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(type(__import__("sys"))):  # type: ignore[misc]
+    """Keeps ``ropepatch.detect`` the function once ``ropepatch.detect`` the module is imported.
+
+    Importing a submodule sets it as an attribute of its package, which would shadow the lazy
+    function of the same name (``ropepatch.detect(...)`` -> "'module' object is not callable").
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _LAZY and type(value).__name__ == "module":
+            return
+        super().__setattr__(name, value)
+
+
+__import__("sys").modules[__name__].__class__ = _Package

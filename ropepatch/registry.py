@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.detectors.native",
     "ropepatch.detectors.rope_scaling",
     "ropepatch.detectors.fallback",
+    "ropepatch.adapters.transformers",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"
