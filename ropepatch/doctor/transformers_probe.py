@@ -1,10 +1,13 @@
 """The transformers probe: build the model's own rotary-embedding module from the config, on CPU.
 
-On its own, transformers turns the config dict into its config class (``AutoConfig.for_model``,
-which runs its RoPE standardisation and validators), then the architecture's
-``<Model>RotaryEmbedding(config)`` computes ``inv_freq`` and ``attention_scaling``; a forward at the
-last position of ``seq_len`` runs the length-dependent updates (dynamic NTK, LongRoPE's switch to
-the long factors). No weights are built: the rotary module only reads the config.
+transformers turns the config dict into its config class (``AutoConfig.for_model``, which runs its
+RoPE standardisation and validators); then a minimal model of the architecture's own
+``<X>PreTrainedModel`` class builds ``<X>RotaryEmbedding(config)`` and runs ``post_init`` (the
+weight initialisation that recomputes ``inv_freq``), so construction takes the same path as
+``from_pretrained``/``from_config`` (and, with ropepatch enabled, through the adapter's model
+hooks). A forward at the last position of ``seq_len`` runs the length-dependent updates (dynamic
+NTK, LongRoPE's switch to the long factors). No attention or MLP weights are built: the rotary
+module only reads the config.
 """
 
 from __future__ import annotations
@@ -62,11 +65,11 @@ class TransformersProbe:
             except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
                 return Computation("fails", error=f"config does not load: {_short(exc)}")
             try:
-                cls = rotary_class(cfg)
+                cls, base = rotary_class(cfg)
             except LookupError as exc:
                 return Computation("unsupported", error=str(exc))
             try:
-                module = cls(config=cfg)
+                module = _build(cls, base, cfg)
                 inv, attention = _run_at(module, seq_len)
             except Exception as exc:  # noqa: BLE001
                 return Computation("fails", error=f"{cls.__name__} fails: {_short(exc)}")
@@ -105,8 +108,9 @@ def _captured_logs() -> Iterator[list[str]]:
         logger.handlers, logger.propagate = saved
 
 
-def rotary_class(cfg: Any) -> Any:
-    """The rotary-embedding class the architecture's model builds (``LlamaRotaryEmbedding``...)."""
+def rotary_class(cfg: Any) -> tuple[Any, Any]:
+    """The rotary-embedding class the architecture's model builds (``LlamaRotaryEmbedding``...) and
+    the architecture's ``PreTrainedModel`` base class."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
     model_type = cfg.model_type
@@ -122,11 +126,33 @@ def rotary_class(cfg: Any) -> Any:
     ]
     if not candidates:
         raise LookupError(f"{module_name} defines no RotaryEmbedding class")
+    from transformers import PreTrainedModel
+
     prefix = (model_name or "").replace("ForCausalLM", "").replace("Model", "")
-    for c in candidates:
-        if c.__name__ == f"{prefix}RotaryEmbedding":
-            return c
-    return sorted(candidates, key=lambda c: len(c.__name__))[0]
+    chosen = next((c for c in candidates if c.__name__ == f"{prefix}RotaryEmbedding"), None)
+    if chosen is None:
+        chosen = sorted(candidates, key=lambda c: len(c.__name__))[0]
+    bases = [
+        getattr(module, n) for n in dir(module)
+        if n.endswith("PreTrainedModel") and isinstance(getattr(module, n), type)
+        and issubclass(getattr(module, n), PreTrainedModel)
+    ]
+    if not bases:
+        raise LookupError(f"{module_name} defines no PreTrainedModel class")
+    base = next((b for b in bases if b.__name__ == f"{prefix}PreTrainedModel"), bases[0])
+    return chosen, base
+
+
+def _build(rotary_cls: Any, base: Any, cfg: Any) -> Any:
+    """``rotary_cls(config)`` built inside a one-module model of the architecture's base class."""
+
+    class RotaryProbeModel(base):  # type: ignore[misc, valid-type]
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            self.rotary_emb = rotary_cls(config=config)
+            self.post_init()
+
+    return RotaryProbeModel(cfg).rotary_emb
 
 
 def _run_at(module: Any, seq_len: int) -> tuple[list[float], float]:

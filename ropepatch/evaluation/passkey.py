@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-__all__ = ["PasskeyPrompt", "PasskeyResult", "build_prompt", "model_predictor", "passkey_accuracy"]
+__all__ = ["PasskeyPrompt", "PasskeyResult", "build_prompt", "min_length", "model_predictor", "passkey_accuracy"]
 
 TASK = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -87,6 +87,15 @@ def build_prompt(tok: Any, length: int, depth: float, key: str, *, bos: int | No
     ids = head + filler[:before] + needle + filler[before:] + tail
     assert len(ids) == length
     return PasskeyPrompt(ids=ids, answer=answer, key=key, depth=depth)
+
+
+def min_length(tok: Any, *, bos: int | None = None, digits: int = 5) -> int:
+    """The shortest prompt :func:`build_prompt` can make with this tokenizer (no filler at all)."""
+    key = "9" * digits
+    head = (1 if bos is not None else 0) + len(_encode(tok, TASK))
+    question = _encode(tok, QUESTION)
+    full = _encode(tok, QUESTION + " " + key)
+    return head + len(_encode(tok, NEEDLE.format(key=key))) + len(full if full[: len(question)] == question else question + _encode(tok, " " + key))
 
 
 def model_predictor(model: Any, device: Any = None) -> Callable[[list[int]], list[int]]:

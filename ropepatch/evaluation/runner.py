@@ -1,22 +1,25 @@
 """Run an evaluation: for each variant, apply it through ropepatch, then score perplexity and passkeys.
 
 The scaling is applied by the transformers adapter, the same code path users get: either
-``ropepatch.patch_model(model, **overrides)`` on one loaded model (``strategy="patch"``, the
-default: loads once) or a fresh ``from_pretrained`` inside ``ropepatch.enabled(**overrides)`` per
-variant (``strategy="reload"``). After applying, the model's rotary buffers are read back and
+``ropepatch.patch_model(copy, **overrides)`` on a fresh copy of one loaded model per variant
+(``strategy="patch"``, the default: loads once, holds the model twice) or a fresh
+``from_pretrained`` inside ``ropepatch.enabled(**overrides)`` per variant (``strategy="reload"``,
+for models that do not fit twice). Every variant starts from the unpatched model: a patch rewrites
+the model's config, which must not leak into the next variant's detection. After applying, the model's rotary buffers are read back and
 compared with ``RopeSpec.frequencies`` so a variant that did not take effect is reported, not
 silently measured as something else.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ropepatch.evaluation.passkey import model_predictor, passkey_accuracy
+from ropepatch.evaluation.passkey import min_length, model_predictor, passkey_accuracy
 from ropepatch.evaluation.perplexity import cut_windows, model_scorer, perplexity_at_length
 from ropepatch.evaluation.progress import progress_bar
 from ropepatch.evaluation.variants import Variant
@@ -88,7 +91,8 @@ class LocalModel:
         self.device = device
         self.strategy = strategy
         self.trust_remote_code = trust_remote_code
-        self._model = model
+        self._model = None
+        self._pristine = model
         # the unpatched config: what ropepatch detects from, whatever a patch later does to model.config
         self._config = model.config.to_dict() if model is not None else None
         if model is not None:
@@ -120,7 +124,7 @@ class LocalModel:
         return detect(source, emit_warnings=False, **variant.overrides)
 
     def apply(self, variant: Variant) -> Any:
-        """The model with ``variant`` applied (the same object each time under ``strategy='patch'``)."""
+        """A model with ``variant`` applied, built from the unpatched model (see the module docstring)."""
         import ropepatch
 
         if self.strategy == "reload":
@@ -128,10 +132,13 @@ class LocalModel:
             with ropepatch.enabled(**variant.overrides):
                 self._model = self._from_pretrained()
             return self._model
-        if self._model is None:
-            self._model = self._from_pretrained()
-        ropepatch.patch_model(self._model, **variant.overrides)
-        return self._model
+        if self._pristine is None:
+            self._pristine = self._model if self._model is not None else self._from_pretrained()
+        self._model = None  # free the previous variant's copy first
+        model = copy.deepcopy(self._pristine)
+        ropepatch.patch_model(model, **variant.overrides)
+        self._model = model
+        return model
 
     def check(self, model: Any, variant: Variant) -> dict[str, Any]:
         """Compare the model's rotary buffers with the spec; ``ok`` is False when they disagree."""
@@ -195,7 +202,10 @@ def run_variants(
             points.append(point.to_dict())
             log(f"{variant.label:>14} {length:>7}  loss {point.nll:.3f}  last quarter {point.tail_nll:.3f}")
         if settings.passkey and tokenizer is not None:
-            plens = settings.passkey_lengths or settings.lengths
+            shortest = min_length(tokenizer, bos=bos)
+            plens = [n for n in (settings.passkey_lengths or settings.lengths) if n >= shortest]
+            if len(plens) < len(settings.passkey_lengths or settings.lengths):
+                log(f"passkey: lengths under {shortest} tokens cannot hold the prompt; skipped")
             total = len(plens) * len(settings.depths) * settings.trials
             with progress_bar(total, f"{variant.label} passkey", enabled=settings.progress) as advance:
                 rows = passkey_accuracy(
