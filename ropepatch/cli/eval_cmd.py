@@ -84,6 +84,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("ropepatch-eval"), help="output folder (default ./ropepatch-eval)")
+    g.add_argument("--title", help="title of the plots (default: the model folder's name)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--json", action="store_true", help="print results.json to stdout instead of tables")
@@ -205,8 +206,8 @@ def _header(args: argparse.Namespace, text_name: str, n_tokens: int, original: i
 def _finish(args: argparse.Namespace, results: dict[str, Any], original: int | None) -> int:
     from ropepatch.evaluation.report import markdown_tables, write_results
 
-    written = write_results(results, args.out, original=original, title=Path(args.model or args.endpoint).name,
-                            plots=not args.no_plots)
+    title = args.title or Path(args.model or args.endpoint).name
+    written = write_results(results, args.out, original=original, title=title, plots=not args.no_plots)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

@@ -45,15 +45,20 @@ def plot_perplexity(
             ax.annotate("training context", (original, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(4, -12), textcoords="offset points", fontsize=8, color="grey")
         ax.set_xscale("log", base=2)
+        lengths = sorted({p["length"] for p in points})
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths], fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel("context length (tokens)")
         ax.set_title(name)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("loss (nats / token)")
     _clip_y(axes[0], points)
-    axes[1].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -79,7 +84,7 @@ def plot_passkey(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str
     lengths = sorted({r["length"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
     n = max(1, len(methods))
-    fig, axes = plt.subplots(1, n, figsize=(2.2 + 2.0 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 + 2.0 * n, 3.4), squeeze=False, sharey=True, constrained_layout=True)
     image = None
     for ax, method in zip(axes[0], methods, strict=False):
         grid = [[math.nan] * len(lengths) for _ in depths]
@@ -97,8 +102,8 @@ def plot_passkey(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     out = Path(path)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
