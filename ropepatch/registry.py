@@ -41,6 +41,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.detectors.rope_scaling",
     "ropepatch.detectors.fallback",
     "ropepatch.adapters.transformers",
+    "ropepatch.adapters.exllamav2",
+    "ropepatch.adapters.exllamav3",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"
