@@ -33,8 +33,11 @@ def default_seq_len(spec: Any) -> int:
     return int(spec.max_position_embeddings or original or 4096)
 
 
-def compare(comp: Computation, inv_ref: Sequence[float], attention_ref: float) -> dict[str, Any]:
-    """A probe's computation against the reference: differences and a verdict."""
+def compare(
+    comp: Computation, inv_ref: Sequence[float], attention_ref: float, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
+    """A probe's computation against the reference: differences and a verdict (``tolerance``: the
+    relative difference that still "matches", for runtimes whose tables are stored in fp16)."""
     out: dict[str, Any] = {"status": comp.status}
     if comp.detail:
         out["detail"] = comp.detail
@@ -56,7 +59,7 @@ def compare(comp: Computation, inv_ref: Sequence[float], attention_ref: float) -
         inv_freq_max_rel_diff=rel,
         attention_factor=attention,
         attention_factor_rel_diff=rel_att,
-        verdict="matches" if rel <= TOLERANCE and rel_att <= TOLERANCE else "wrong",
+        verdict="matches" if rel <= tolerance and rel_att <= tolerance else "wrong",
     )
     return out
 
@@ -161,7 +164,8 @@ def _run_probe(
     if not config:
         entry.update(verdict="skipped", error="nothing for this runtime to read (no config.json)")
         return entry
-    native = compare(probe.compute(config, n, patched=False), inv_ref, attention_ref)
+    tolerance = getattr(probe, "tolerance", None) or TOLERANCE
+    native = compare(probe.compute(config, n, patched=False), inv_ref, attention_ref, tolerance)
     entry["native"] = native
     adapter = get_registry().adapters.get(probe.adapter) if probe.adapter else None
     if adapter is None:
@@ -172,7 +176,7 @@ def _run_probe(
         with _env_without_ropepatch(not use_env), ropepatch.enabled(runtimes=(adapter.name,), **overrides) as state:
             computed = probe.compute(config, n, patched=True)
             failure = state.failures.get(adapter.name) or state.skipped.get(adapter.name)
-        patched = compare(computed, inv_ref, attention_ref)
+        patched = compare(computed, inv_ref, attention_ref, tolerance)
         if failure:
             patched["adapter_problem"] = failure
         entry["with_ropepatch"] = patched

@@ -21,6 +21,8 @@ __all__ = ["PROBES", "Computation", "Probe", "iter_probes", "register_probe"]
 #: built-in probes, "module:Class"
 PROBES: list[str] = [
     "ropepatch.doctor.transformers_probe:TransformersProbe",
+    "ropepatch.doctor.exllama_probes:ExLlamaV2Probe",
+    "ropepatch.doctor.exllama_probes:ExLlamaV3Probe",
 ]
 
 
@@ -55,6 +57,8 @@ class Probe(Protocol):
     distribution: str
     #: the ropepatch adapter that patches this runtime (``ropepatch plugins`` name), if any
     adapter: str | None
+    #: optional class attribute ``tolerance``: the relative difference that still "matches" (default
+    #: ``diagnose.TOLERANCE``; larger for runtimes whose tables are fp16)
 
     def problem(self) -> str | None:
         """Why this probe cannot run here (runtime not installed, ...), or ``None``."""

@@ -29,7 +29,8 @@ def test_json_report_and_overrides(corpus, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "linear"
     # transformers alone builds llama3 from the config, which is not the linear spec asked for
-    assert report["runtimes"][0]["native"]["verdict"] == "wrong"
+    (tf,) = [r for r in report["runtimes"] if r["runtime"] == "transformers"]
+    assert tf["native"]["verdict"] == "wrong"
 
 
 def test_refuses_when_ropepatch_is_already_enabled(corpus):

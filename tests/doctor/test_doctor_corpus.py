@@ -55,8 +55,8 @@ def assert_vector(inv, expected, rel=3.3e-7 * 4):
 
 @pytest.mark.parametrize("name,native,patched", CASES, ids=[c[0] for c in CASES])
 def test_verdicts(corpus, name, native, patched):
-    report = diagnose(corpus / f"{name}.json")
-    (tf,) = [r for r in report["runtimes"] if r["runtime"] == "transformers"]
+    report = diagnose(corpus / f"{name}.json", probes=[TransformersProbe()])
+    (tf,) = report["runtimes"]
     assert tf["native"]["verdict"] == native, tf["native"]
     if HAS_ADAPTER:
         assert tf["with_ropepatch"]["verdict"] == patched, tf["with_ropepatch"]
@@ -107,7 +107,7 @@ def test_llama31_and_deepseek_match_published_vectors_alone(corpus):
 )
 @needs_adapter
 def test_pi_named_checkpoint_gets_linear_inside_transformers(corpus):
-    report = diagnose(corpus / "bhenrym14__airoboros-33b-gpt4-1.4.1-PI-8192.json")
+    report = diagnose(corpus / "bhenrym14__airoboros-33b-gpt4-1.4.1-PI-8192.json", probes=[TransformersProbe()])
     (tf,) = report["runtimes"]
     assert tf["native"]["verdict"] == "wrong"
     assert tf["with_ropepatch"]["verdict"] == "matches"
