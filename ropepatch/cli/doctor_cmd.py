@@ -48,6 +48,11 @@ def _line(d: dict[str, Any]) -> str:
             f"{d['attention_factor']:.6g} (rel diff {d['attention_factor_rel_diff']:.3g})"
             + (f"  [{d['detail']}]" if d.get("detail") else "")
         )
+    if "row_max_abs_diff" in d:
+        return (
+            f"{verdict:<12} table row {d['row_position']}: max abs diff {d['row_max_abs_diff']:.3g} from the spec"
+            + (f"  [{d['detail']}]" if d.get("detail") else "")
+        )
     if "inv_freq_size" in d:
         return f"{verdict:<12} inv_freq has {d['inv_freq_size']} values, the spec {d['reference_size']}"
     return f"{verdict:<12} {d.get('error', '')}"

@@ -237,7 +237,16 @@ class ExLlamaV2Probe(_ExLlamaProbe):
         sin, cos = (ctx.sin[0], ctx.cos[0]) if isinstance(ctx.sin, list) else (ctx.sin, ctx.cos)
         sin = sin.reshape(sin.shape[-2], sin.shape[-1])
         cos = cos.reshape(cos.shape[-2], cos.shape[-1])
-        inv, attention = frequencies_from_tables(sin, cos)
+        inv, attention, residual = frequencies_from_tables(sin, cos)
+        if residual > 0.05:
+            # not one frequency vector: per-position tables (a dynamic method, row p built for length p+1)
+            s, c = _frequency_columns(sin[-1:], cos[-1:])
+            return Computation(
+                "ok",
+                attention_factor=attention,
+                row=(int(sin.shape[0]) - 1, s[0].tolist(), c[0].tolist()),
+                detail=f"per-position sin/cos tables of {sin.shape[0]} rows; their last row compared",
+            )
         return Computation(
             "ok",
             inv_freq=inv,
@@ -246,25 +255,33 @@ class ExLlamaV2Probe(_ExLlamaProbe):
         )
 
 
-def frequencies_from_tables(sin: Any, cos: Any) -> tuple[list[float], float]:
-    """``(inv_freq, attention_factor)`` behind rotary tables ``[positions, rotary_dim]``.
-
-    Handles both layouts: NeoX (``cat(freqs, freqs)``) and GPT-J (each frequency twice in a row).
-    The amplitude is the attention factor; each frequency is the least-squares slope of its
-    unwrapped angle against the position.
-    """
+def _frequency_columns(sin: Any, cos: Any) -> tuple[Any, Any]:
+    """One column per frequency: NeoX tables repeat the half (``cat(freqs, freqs)``), GPT-J pairs."""
     import numpy as np
 
     s = sin.double().cpu().numpy()
     c = cos.double().cpu().numpy()
     half = s.shape[1] // 2
     if np.allclose(s[:, :half], s[:, half:]) and np.allclose(c[:, :half], c[:, half:]):
-        s, c = s[:, :half], c[:, :half]
-    else:
-        s, c = s[:, 0::2], c[:, 0::2]
+        return s[:, :half], c[:, :half]
+    return s[:, 0::2], c[:, 0::2]
+
+
+def frequencies_from_tables(sin: Any, cos: Any) -> tuple[list[float], float, float]:
+    """``(inv_freq, attention_factor, residual)`` behind rotary tables ``[positions, rotary_dim]``.
+
+    The amplitude is the attention factor; each frequency is the least-squares slope of its
+    unwrapped angle against the position; ``residual`` is the largest angle (radians) off that
+    line, large when the table is not one frequency vector.
+    """
+    import numpy as np
+
+    s, c = _frequency_columns(sin, cos)
     attention = float(np.sqrt(s**2 + c**2).mean())
     angle = np.unwrap(np.arctan2(s, c), axis=0)
     p = np.arange(s.shape[0], dtype=np.float64)
     p_centered = p - p.mean()
     slopes = (p_centered[:, None] * (angle - angle.mean(axis=0))).sum(axis=0) / (p_centered**2).sum()
-    return [float(x) for x in slopes], attention
+    fitted = angle.mean(axis=0) + p_centered[:, None] * slopes
+    residual = float(np.abs(angle - fitted).max())
+    return [float(x) for x in slopes], attention, residual

@@ -41,6 +41,9 @@ class Computation:
     error: str | None = None
     detail: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: for runtimes whose table is not one frequency vector (per-position tables of dynamic methods):
+    #: ``(position, sin row, cos row)`` of the last position, compared with the spec at that position
+    row: tuple[int, list[float], list[float]] | None = None
 
     @property
     def loads(self) -> bool:

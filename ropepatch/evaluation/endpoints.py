@@ -39,7 +39,11 @@ def _post(url: str, payload: dict[str, Any], timeout: float, headers: dict[str, 
             return json.loads(response.read().decode())
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")[:500]
-        raise EndpointError(f"{url} answered HTTP {exc.code}: {body}") from None
+        hint = ""
+        if "Out of range float values" in body:
+            # vLLM cannot serialise NaN/inf: seen when positions run past the server's cos/sin cache
+            hint = " (the server computed NaN or infinite log-probabilities: is the prompt longer than its max_model_len?)"
+        raise EndpointError(f"{url} answered HTTP {exc.code}: {body}{hint}") from None
     except urllib.error.URLError as exc:
         raise EndpointError(f"cannot reach {url}: {exc.reason}") from None
 

@@ -63,6 +63,9 @@ V2_CASES = [
     ("meta-llama__Llama-3.1-8B-Instruct", "matches", "matches"),
     ("bhenrym14__airophin-13b-pntk-16k-fp16", "wrong", "matches"),
     ("NousResearch__Yarn-Llama-2-13b-128k", "wrong", "matches"),  # YaRN ramp taken from max_seq_len
+    ("microsoft__Phi-3-vision-128k-instruct", "matches", "matches"),  # reads legacy 'su' itself
+    # loads as Llama with plain RoPE; with ropepatch: per-position Qwen-1 tables, compared at the last row
+    ("Qwen__Qwen-7B-Chat", "wrong", "matches"),
 ]
 
 
@@ -91,3 +94,18 @@ def test_exllamav2_tables_are_plain_rope_for_airophin(exllamav2):
     for key in ("inv_freq[0]", "inv_freq[1]", "inv_freq[31]", "inv_freq[-1]"):
         i = int(key[9:-1])
         assert comp.inv_freq[i] == pytest.approx(expected[key], rel=1e-3), key
+
+
+@pytest.mark.parametrize("layout", ["neox", "gptj"])
+def test_frequencies_recovered_from_fp16_tables(layout):
+    import torch
+
+    from ropepatch.doctor.exllama_probes import frequencies_from_tables
+
+    inv = 1.0 / 10000 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128) / 4  # linear x4, d=128
+    angles = torch.arange(16384, dtype=torch.float64)[:, None] * inv
+    cols = torch.cat((angles, angles), 1) if layout == "neox" else angles.repeat_interleave(2, 1)
+    sin, cos = (1.1 * cols.sin()).half(), (1.1 * cols.cos()).half()
+    got, attention, residual = frequencies_from_tables(sin, cos)
+    assert attention == pytest.approx(1.1, rel=1e-4) and residual < 0.01
+    assert max(abs(g - w) / w for g, w in zip(got, inv.tolist(), strict=True)) < 2e-3
