@@ -109,8 +109,9 @@ def test_yarn_exact_whichever_implementation() -> None:
 
 
 def test_save_reload_and_generate(tmp_path: Path) -> None:
-    import ropepatch
     from transformers import AutoModelForCausalLM
+
+    import ropepatch
 
     ropepatch.enable()
     model = _model(_config(original_max_position_embeddings=L0))
@@ -125,8 +126,9 @@ def test_save_reload_and_generate(tmp_path: Path) -> None:
 
 
 def test_disable_restores_patch_points() -> None:
-    import ropepatch
     import transformers.modeling_utils as mu
+
+    import ropepatch
 
     init, post = mu.PreTrainedModel.__dict__["__init__"], mu.PreTrainedModel.__dict__["post_init"]
     ropepatch.enable()

@@ -441,7 +441,10 @@ def apply_plan(config: Any, plan: Plan) -> None:
         return
     attr = rope_attr(config)
     if attr is None:
-        return
+        if not plan.ours:
+            return
+        # a config class without a rope dict (Mistral 4.57, remote code): ropepatch's type still needs one
+        attr = "rope_parameters" if isinstance(getattr(type(config), "rope_scaling", None), property) else "rope_scaling"
     _, current = _current_rope(config, attr)
     if current is not None and _current_type(current) == plan.rope_type and (
         not plan.ours or _same(plan.spec, _embedded(current))
