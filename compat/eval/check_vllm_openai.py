@@ -55,8 +55,9 @@ def make_model(folder: Path, rope_scaling: dict | None) -> None:
     save_byte_level_tokenizer(folder)
     data = json.loads((folder / "config.json").read_text())
     # vLLM sizes its cos/sin cache from the config and serves nothing past it (positions beyond it
-    # read NaN): both models declare 4x the original context
-    data["max_position_embeddings"] = ORIGINAL * 4
+    # read NaN), and the completions API needs room for one generated token after the prompt: both
+    # models declare 5x the original context, and the longest window is 4x
+    data["max_position_embeddings"] = ORIGINAL * 5
     if rope_scaling is not None:
         data.pop("rope_parameters", None)
         data["rope_scaling"] = rope_scaling
@@ -118,7 +119,7 @@ def main() -> int:
         proc = subprocess.Popen(
             [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
              "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1",
-             "--port", str(port), "--max-model-len", str(ORIGINAL * 4), "--max-num-seqs", "2"],
+             "--port", str(port), "--max-model-len", str(ORIGINAL * 5), "--max-num-seqs", "2"],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=args.out,
         )  # fmt: skip
         try:

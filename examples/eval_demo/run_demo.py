@@ -83,9 +83,18 @@ def write_docs(args: argparse.Namespace) -> int:
     shutil.copyfile(args.out / "eval" / "passkey.png", args.docs / "eval-demo-passkey.png")
     shutil.copyfile(args.out / "eval" / "perplexity.csv", args.docs / "eval-demo.csv")
     (args.docs / "eval-demo.md").write_text(render(results, training, seconds, len(held)))
-    (args.docs / "eval-demo-results.json").write_text(json.dumps(results, indent=1) + "\n")
+    public = dict(results, model=_relative(results["model"]), text=dict(results["text"], source=_relative(results["text"]["source"])))
+    (args.docs / "eval-demo-results.json").write_text(json.dumps(public, indent=1) + "\n")
     print(f"wrote {args.docs / 'eval-demo.md'} in {seconds:.0f}s of evaluation")
     return 0
+
+
+def _relative(path: str) -> str:
+    """A path relative to the repository when it lies inside it (no machine's paths in the docs)."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path
 
 
 def _at(results: dict, method: str, length: int, key: str) -> float | None:
