@@ -176,7 +176,8 @@ class _ExLlamaProbe:
             except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
                 # an architecture the runtime has no model class for is not a RoPE failure
                 status = "unsupported" if "nknown architecture" in str(exc) else "fails"
-                return Computation(status, error=_short(exc), notes=notes)
+                error = _short(exc).replace(str(folder.parent) + "/", "")  # no temporary paths in reports
+                return Computation(status, error=error, notes=notes)
         comp.notes[:0] = notes
         return comp
 
@@ -199,12 +200,11 @@ class ExLlamaV3Probe(_ExLlamaProbe):
         inv = rope.inv_freq
         if inv.dim() != 1:
             return Computation("unsupported", error=f"angle-table RoPE (inv_freq of shape {tuple(inv.shape)})")
-        settings = config.rope_settings
         return Computation(
             "ok",
             inv_freq=[float(x) for x in inv.double().tolist()],
             attention_factor=float(rope.attn_factor),
-            detail=f"RoPE, rope_type={getattr(settings, 'rope_scaling', None) and settings.rope_scaling.get('rope_type')!r}",
+            detail="RoPE module's inv_freq and attn_factor",
         )
 
 
