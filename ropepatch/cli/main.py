@@ -22,6 +22,8 @@ VERBS: tuple[str, ...] = (
     "ropepatch.cli.run_cmd",
     "ropepatch.cli.install_pth_cmd",
     "ropepatch.cli.uninstall_pth_cmd",
+    "ropepatch.cli.eval_cmd",
+    "ropepatch.cli.doctor_cmd",
 )
 
 
