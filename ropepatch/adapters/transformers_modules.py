@@ -131,7 +131,11 @@ def _retype(module: Any, plan: Plan) -> None:
     prefix = f"{layer}_" if layer is not None else ""
     old = getattr(module, f"{prefix}inv_freq")
     with torch.device("cpu"):
-        inv, attention = fn(module.config, "cpu", **kwargs)
+        try:
+            inv, attention = fn(module.config, "cpu", **kwargs)
+        except TypeError:
+            # 5.x per-model compute_default_rope_parameters(config, **kwargs) takes no positional device
+            inv, attention = fn(module.config, device="cpu", **kwargs)
     device = old.device if old.device.type != "meta" else None
     inv = inv.to(device) if device is not None else inv
     module.register_buffer(f"{prefix}inv_freq", inv, persistent=False)

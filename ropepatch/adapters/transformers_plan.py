@@ -145,6 +145,32 @@ def rope_attr(config: Any) -> str | None:
     return None
 
 
+#: per config object: its rope dicts as first loaded, before any rewrite (native rewrites carry no
+#: embedded original, so a second patch_model would otherwise start from the first one's result)
+_originals: dict[int, tuple[weakref.ref[Any], dict[str, Any]]] = {}
+
+
+def _remember_original(config: Any, attr: str) -> None:
+    key = id(config)
+    with _lock:
+        hit = _originals.get(key)
+        if hit is not None and hit[0]() is config:
+            if attr not in hit[1]:
+                hit[1][attr] = copy.deepcopy(getattr(config, attr, None))
+            return
+        try:
+            ref = weakref.ref(config, lambda _r, k=key: _originals.pop(k, None))
+        except TypeError:
+            return
+        _originals[key] = (ref, {attr: copy.deepcopy(getattr(config, attr, None))})
+
+
+def _first_loaded(config: Any) -> dict[str, Any]:
+    with _lock:
+        hit = _originals.get(id(config))
+    return dict(hit[1]) if hit is not None and hit[0]() is config else {}
+
+
 def _config_data(config: Any) -> dict[str, Any]:
     """The config as loaded: rope dicts ropepatch rewrote are read as they were before."""
     from ropepatch.adapters.transformers_config import _MISSING, _original_of
@@ -153,7 +179,11 @@ def _config_data(config: Any) -> dict[str, Any]:
         data = config.to_dict()
     except Exception:  # noqa: BLE001 - a half-built config: fall back to its attributes
         data = {k: v for k, v in vars(config).items() if not k.startswith("__")}
+    first = _first_loaded(config)
     for key in ("rope_parameters", "rope_scaling"):
+        if key in first:
+            data[key] = copy.deepcopy(first[key])
+            continue
         restored = _original_of(data.get(key))
         if restored is not _MISSING:
             data[key] = restored
@@ -450,6 +480,7 @@ def apply_plan(config: Any, plan: Plan) -> None:
         not plan.ours or _same(plan.spec, _embedded(current))
     ):
         return  # already written (nested models call this once per PreTrainedModel)
+    _remember_original(config, attr)
     original = copy.deepcopy(getattr(config, attr, None))
     if plan.ours and isinstance(current, Mapping) and isinstance(current.get(EMBED_KEY), Mapping):
         original = copy.deepcopy(current[EMBED_KEY].get("original"))  # keep the dict as first loaded

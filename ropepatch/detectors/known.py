@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ropepatch.detectors.view import ConfigView, Finding
+from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 
 __all__ = ["KNOWN", "KnownCheckpoint", "match_known"]
@@ -28,8 +29,22 @@ def _label(entry: KnownCheckpoint, name: str) -> str:
     return f"known checkpoint table ({name}: {entry.why})"
 
 
+def _declares_scaling(view: ConfigView) -> bool:
+    """True when the metadata itself names a scaling (transformers 5 fills a plain rope dict everywhere)."""
+    from ropepatch.detectors.common import rope_dict
+
+    try:
+        rd, _, _ = rope_dict(view)
+    except RopeConfigError:  # malformed dicts are the rope_scaling detector's to report
+        return True
+    if not rd:
+        return False
+    kind = rd.get("rope_type") or rd.get("type")
+    return kind not in (None, "default") or rd.get("factor") is not None
+
+
 def _superhot(view: ConfigView, m: re.Match[str]) -> Finding | None:
-    if view.get("rope_scaling") or view.get("rope_parameters"):
+    if _declares_scaling(view):
         return None  # the config already says it; metadata is right
     n, k = (m.group("n"), m.group("k")) if m.group("n") else (m.group("n2"), m.group("k2"))
     if len(n) > 7 or not n.isascii():
@@ -69,7 +84,7 @@ def _falconlite2(view: ConfigView, m: re.Match[str]) -> Finding | None:
 
 
 def _alfred(view: ConfigView, m: re.Match[str]) -> Finding | None:
-    if view.get("rope_scaling") or view.get("rope_parameters"):
+    if _declares_scaling(view):
         return None
     f = Finding("ntk-yarn", detector="known")
     f.set("factor", 4.0, "")

@@ -131,6 +131,8 @@ def _check_factor_contradiction(view: ConfigView, f: Finding) -> None:
     maxpos = view.get("max_position_embeddings")
     if factor is None or original is None or not isinstance(maxpos, (int, float)) or isinstance(maxpos, bool):
         return
+    if original <= 0:
+        return  # RopeSpec refuses it with the key named; there is no ratio to compare
     # llama3's factor is not a context ratio (Llama 3.2 uses 32 with max/original = 16): no check there
     if f.method not in ("yarn", "longrope", "su", "linear", "dynamic-yarn", "ntk-by-parts"):
         return

@@ -120,7 +120,25 @@ def _view_of_gguf(path: Path) -> ConfigView:
     return view
 
 
+def _as_loaded(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A config whose rope dict ropepatch rewrote (a model it patched) read as it was loaded."""
+    out = None
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = data.get(key)
+        if not isinstance(rope, Mapping):
+            continue
+        embeds = [rope] + [v for v in rope.values() if isinstance(v, Mapping)]
+        for d in embeds:
+            embed = d.get("ropepatch")
+            if isinstance(embed, Mapping) and "original" in embed:
+                out = dict(data) if out is None else out
+                out[key] = embed["original"]
+                break
+    return data if out is None else out
+
+
 def _view_of_mapping(data: Mapping[str, Any], *, path: str | None, label: str, kind: str) -> ConfigView:
+    data = _as_loaded(data)
     names = []
     for key in ("_name_or_path", "name_or_path", "general.name"):
         value = data.get(key)

@@ -99,12 +99,6 @@ def test_llama31_and_deepseek_match_published_vectors_alone(corpus):
     assert_vector(ds.inv_freq, vector("deepseek_v3_yarn"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ropepatch/detectors/known.py: the SuperHOT/PI name rule stands down when a config has rope_parameters, "
-    "and transformers 5 always fills rope_parameters={'rope_type': 'default', ...}, so the repo-id rule never fires "
-    "inside transformers (reported to the lead)",
-)
 @needs_adapter
 def test_pi_named_checkpoint_gets_linear_inside_transformers(corpus):
     report = diagnose(corpus / "bhenrym14__airoboros-33b-gpt4-1.4.1-PI-8192.json", probes=[TransformersProbe()])

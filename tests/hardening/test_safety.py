@@ -332,7 +332,12 @@ def _calls_and_imports(path: Path) -> tuple[set[str], set[str], list[str]]:
             elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):  # module.func(...)
                 calls.add(f"{func.value.id}.{func.attr}")
             for kw in node.keywords:
-                if kw.arg == "trust_remote_code" and not (
+                # a literal False, or the user's own value passed through under its own name
+                # (args.trust_remote_code from the opt-in --trust-remote-code flag, default False)
+                users_own = (isinstance(kw.value, ast.Attribute) and kw.value.attr == "trust_remote_code") or (
+                    isinstance(kw.value, ast.Name) and kw.value.id == "trust_remote_code"
+                )
+                if kw.arg == "trust_remote_code" and not users_own and not (
                     isinstance(kw.value, ast.Constant) and kw.value.value is False
                 ):
                     trusts.append(f"{path.name}:{node.lineno}")
@@ -352,4 +357,8 @@ def test_nothing_in_ropepatch_turns_on_trust_remote_code() -> None:
     # anything but a literal False (or the user's own value, which it never invents)
     found = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in _calls_and_imports(path)[2]]
     assert found == [], f"trust_remote_code passed a non-False value at {found}"
+    from ropepatch.cli.main import build_parser
+
+    args = build_parser().parse_args(["eval", "some/model"])
+    assert args.trust_remote_code is False  # the only source of a True is the user's own flag
     assert len(list(PACKAGE.rglob("*.py"))) > 20
