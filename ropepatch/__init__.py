@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ropepatch.errors import RopeConfigError, RopepatchWarning
 
 if TYPE_CHECKING:
-    from ropepatch.detect import detect
+    from ropepatch.detection import detect
     from ropepatch.spec import RopeSpec
 
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "detect": ("ropepatch.detect", "detect"),
+    "detect": ("ropepatch.detection", "detect"),
     "RopeSpec": ("ropepatch.spec", "RopeSpec"),
     "enable": ("ropepatch.runtime", "enable"),
     "disable": ("ropepatch.runtime", "disable"),
@@ -56,3 +56,4 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+

@@ -39,6 +39,8 @@ class _Record:
     attr: str
     original: Any  # _ABSENT when the attribute was inherited or missing
     replacement: Any
+    is_item: bool = False
+    keep_if: Callable[[], bool] | None = None
 
 
 class PatchSet:
@@ -69,22 +71,30 @@ class PatchSet:
         self._records.append(_Record(owner, attr, original, replacement))
         return None if visible is _ABSENT else visible
 
-    def set_item(self, mapping: Any, key: str, value: Any) -> None:
-        """Set ``mapping[key]`` (e.g. a registry dict), restorable like an attribute."""
+    def set_item(self, mapping: Any, key: str, value: Any, *, keep_if: Callable[[], bool] | None = None) -> None:
+        """Set ``mapping[key]`` (e.g. a registry dict), restorable like an attribute.
+
+        ``keep_if``: an entry ropepatch *added* stays at restore while this returns True (objects
+        built under ropepatch still look it up); it is removed by a later restore once unused.
+        """
         original = mapping.get(key, _ABSENT) if hasattr(mapping, "get") else _ABSENT
         mapping[key] = value
-        self._records.append(_Record(mapping, key, original, value))
-        self._records[-1].__dict__["is_item"] = True
+        self._records.append(_Record(mapping, key, original, value, is_item=True, keep_if=keep_if))
 
     def restore(self) -> list[str]:
         """Undo every patch, newest first; return messages for patches someone else replaced."""
         problems: list[str] = []
+        _drop_unused_lingering()
         while self._records:
             rec = self._records.pop()
-            if rec.__dict__.get("is_item"):
+            if rec.is_item:
                 current = rec.owner.get(rec.attr, _ABSENT)
                 if current is not rec.replacement:
                     problems.append(f"{self.name}: {rec.attr!r} was changed by someone else; left as it is")
+                    continue
+                if rec.original is _ABSENT and rec.keep_if is not None and rec.keep_if():
+                    _lingering.append(rec)
+                    log.info("ropepatch: %s: keeping %r while models built under ropepatch use it", self.name, rec.attr)
                     continue
                 if rec.original is _ABSENT:
                     del rec.owner[rec.attr]
@@ -123,6 +133,19 @@ class PatchSet:
             del self._records[mark:]
             undo.restore()
             raise
+
+
+# entries kept by restore() because live objects still used them (see PatchSet.set_item)
+_lingering: list[_Record] = []
+
+
+def _drop_unused_lingering() -> None:
+    for rec in list(_lingering):
+        if rec.keep_if is not None and rec.keep_if():
+            continue
+        _lingering.remove(rec)
+        if rec.owner.get(rec.attr, _ABSENT) is rec.replacement:
+            del rec.owner[rec.attr]
 
 
 # -- post-import hooks (wrapt's idea: fire now if imported, else right after the import) ------

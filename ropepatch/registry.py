@@ -40,6 +40,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.detectors.native",
     "ropepatch.detectors.rope_scaling",
     "ropepatch.detectors.fallback",
+    "ropepatch.adapters.transformers",
+    "ropepatch.adapters.exllamav2",
+    "ropepatch.adapters.exllamav3",
+    "ropepatch.adapters.tgi",
+    "ropepatch.adapters.vllm",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"

@@ -48,7 +48,7 @@ class EnableState:
 
     def spec_for(self, source: Any, **extra: Any) -> Any:
         """The spec of ``source`` under this state's overrides (plus ``extra`` explicit ones)."""
-        from ropepatch.detect import resolve
+        from ropepatch.detection import resolve
         from ropepatch.metadata.sources import load_view
 
         layers = self.layers()
@@ -118,6 +118,9 @@ def enable(
 
     new = _make_state(overrides, kernels=kernels, strict=strict, runtimes=runtimes, per_model=per_model)
     with _lock:
+        from ropepatch import kernels as _kernels
+
+        _kernels.set_enabled(kernels)
         if _state is not None:
             if _state.settings() != new.settings():
                 _state.explicit, _state.env, _state.per_model = new.explicit, new.env, new.per_model
@@ -176,6 +179,9 @@ def disable() -> None:
         state, _state = _state, None
         if state is None:
             return
+        from ropepatch import kernels as _kernels
+
+        _kernels.set_enabled(False)
         cancel_import_hooks(lambda hook: getattr(hook, "__ropepatch_state__", None) is state)
         for name in reversed(list(state.installed)):
             state.installed.pop(name).restore()
@@ -213,9 +219,10 @@ def patch_model(model: Any, **overrides: Any) -> Any:
             per_model=[],
             kernels=state.kernels,
         )
-    for adapter in get_registry().adapters.values():
-        if adapter.problem() is None and adapter.patch_model(model, state):
-            return model
+    with _lock:  # never interleaved with enable()/disable() installing or restoring patches
+        for adapter in get_registry().adapters.values():
+            if adapter.problem() is None and adapter.patch_model(model, state):
+                return model
     raise TypeError(f"ropepatch: no adapter knows how to patch a {type(model).__name__}")
 
 

@@ -41,7 +41,7 @@ class _CheckedCall(type):
         try:
             inspect.signature(cls.__init__).bind(None, *args, **kwargs)  # type: ignore[misc]
         except TypeError as exc:
-            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            names = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
             unknown = [k for k in kwargs if k not in names]
             if unknown:
                 close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
@@ -74,6 +74,9 @@ class RopeSpec(metaclass=_CheckedCall):
     head_dim: int | None = None
     source: str | None = None
     model: str | None = None
+    # resolved at construction: the Method object and its prepared (defaults filled) parameters
+    _method_obj: Any = field(default=None, init=False, repr=False, compare=False)
+    _prepared: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from ropepatch.registry import get_registry
@@ -220,7 +223,8 @@ class RopeSpec(metaclass=_CheckedCall):
         import torch
 
         inv, attention = self.compute(seq_len)
-        tensor = torch.tensor(inv, dtype=torch.float64).to(torch.float32)
+        # explicit CPU: from_pretrained builds models under a `torch.device("meta")` context
+        tensor = torch.tensor(inv, dtype=torch.float64, device="cpu").to(torch.float32)
         if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
             # finite positive in float64 but outside float32's range (rope_theta of 1e300, say)
             raise RopeConfigError(
@@ -229,15 +233,17 @@ class RopeSpec(metaclass=_CheckedCall):
                 path=self.source,
                 key=self.provenance.get("rope_theta") or "rope_theta",
             )
-        if device is not None:
-            tensor = tensor.to(device)
+        # no device: the caller's default device, as torch.tensor would give (meta under from_pretrained)
+        target = torch.device(device) if device is not None else torch.get_default_device()
+        if target != tensor.device:
+            tensor = tensor.to(target)
         return tensor, attention
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict that :meth:`from_dict` turns back into an equal spec."""
         out: dict[str, Any] = {"schema": _SCHEMA}
-        for f in fields(self):
+        for f in _public_fields():
             value = getattr(self, f.name)
             if isinstance(value, Mapping):
                 value = {k: _jsonable(v) for k, v in value.items()}
@@ -269,7 +275,7 @@ class RopeSpec(metaclass=_CheckedCall):
     def replace(self, **changes: Any) -> RopeSpec:
         """A copy with some fields changed (validated again)."""
         _check_field_names(type(self), changes)
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in _public_fields()}
         data.update(changes)
         return type(self)(**data)
 
@@ -289,6 +295,10 @@ class RopeSpec(metaclass=_CheckedCall):
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+def _public_fields() -> list[Any]:
+    return [f for f in fields(RopeSpec) if f.init]
 
 
 class _WithDim:
@@ -329,7 +339,7 @@ def _positive_result(value: Any, what: str, spec: RopeSpec) -> float:
 
 
 def _check_field_names(cls: type, data: Mapping[str, Any]) -> None:
-    names = sorted(f.name for f in fields(cls))
+    names = sorted(f.name for f in fields(cls) if f.init)
     unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
         close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)

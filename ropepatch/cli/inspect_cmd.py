@@ -59,7 +59,7 @@ def inspect_report(spec: Any, seq_len: int | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ropepatch.detect import detect
+    from ropepatch.detection import detect
 
     spec = detect(args.source, use_env=not args.no_env, emit_warnings=False, **overrides_from_args(args))
     if args.as_ == "llama.cpp":

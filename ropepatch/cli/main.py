@@ -19,6 +19,11 @@ VERBS: tuple[str, ...] = (
     "ropepatch.cli.inspect_cmd",
     "ropepatch.cli.methods_cmd",
     "ropepatch.cli.plugins_cmd",
+    "ropepatch.cli.run_cmd",
+    "ropepatch.cli.install_pth_cmd",
+    "ropepatch.cli.uninstall_pth_cmd",
+    "ropepatch.cli.eval_cmd",
+    "ropepatch.cli.doctor_cmd",
 )
 
 

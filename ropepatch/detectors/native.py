@@ -57,6 +57,9 @@ def _deepseek_native(view: ConfigView) -> Finding | None:
     original = number(view.get("original_seq_len"), view, view.where("original_seq_len"), integer=True)
     factor = number(view.get("rope_factor"), view, view.where("rope_factor"))
     max_seq = view.get("max_seq_len")
+    if isinstance(max_seq, str) and "default" in max_seq:
+        # a dump of the reference dataclass writes its default as text ("4096*4 (default)")
+        max_seq = None
     if max_seq is not None:
         max_seq_where = view.where("max_seq_len")
         max_seq = number(max_seq, view, max_seq_where, integer=True)

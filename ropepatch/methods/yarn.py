@@ -66,12 +66,16 @@ class Yarn(Method):
                 )
             factor = spec.max_position_embeddings / original
             warnings.append(f"yarn: no factor given; using max_position_embeddings/original = {factor:g}")
+        self._check(spec, params, warnings, kw.get("where") or (lambda k: None))
+        return Prepared(factor, original, params, tuple(warnings))
+
+    def _check(self, spec: Any, params: dict[str, Any], warnings: list[str], where: Any) -> None:
+        """Checks every YaRN variant shares; fixes ``params`` in place where transformers would."""
         for key, default in (("beta_fast", 32.0), ("beta_slow", 1.0)):
             if key in params and params[key] == 0:
                 # transformers reads these with `or`, so 0 silently means the default; say so.
-                warnings.append(f"yarn: {key}=0 is read as the default {default:g}, as transformers does")
+                warnings.append(f"{self.name}: {key}=0 is read as the default {default:g}, as transformers does")
                 params[key] = default
-        where = kw.get("where") or (lambda k: None)
         # the correction range takes ln(L0 / (2*pi*beta)) / ln(base); the temperatures divide by
         # 0.1*mscale*ln(s) + 1, which a negative mscale can make zero
         check_params(
@@ -83,7 +87,6 @@ class Yarn(Method):
             non_negative=("mscale", "mscale_all_dim"),
         )
         check_ramp_base(self.name, spec, where)
-        return Prepared(factor, original, params, tuple(warnings))
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         return self._at_scale(spec, prepared, prepared.factor)
@@ -100,9 +103,9 @@ class Yarn(Method):
             q["beta_slow"],
             q["truncate"],
         )
-        if q["attention_factor"] is not None:
+        if q.get("attention_factor") is not None:
             return inv, q["attention_factor"]
-        if q["mscale"] and q["mscale_all_dim"]:
+        if q.get("mscale") and q.get("mscale_all_dim"):
             return inv, get_mscale(scale, q["mscale"]) / get_mscale(scale, q["mscale_all_dim"])
         return inv, get_mscale(scale)
 
@@ -124,18 +127,7 @@ class NTKByParts(Yarn):
     transformers_type = None
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
-        q = prepared.params
-        d = require_dim(spec)
-        inv = yarn_inv_freq(
-            spec.rope_theta,
-            d,
-            prepared.factor,
-            prepared.original_max_position_embeddings,
-            q["beta_fast"],
-            q["beta_slow"],
-            q["truncate"],
-        )
-        return inv, 1.0
+        return self._at_scale(spec, prepared, prepared.factor)[0], 1.0
 
     def softmax_scale(self, spec: Any, prepared: Prepared) -> float:
         return 1.0
@@ -151,10 +143,22 @@ class DynamicYarn(Yarn):
     transformers_type = None
 
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
-        p = super().prepare(spec, **kw)
-        if p.params["finetuned"] is None:
-            return Prepared(p.factor, p.original_max_position_embeddings, {**p.params, "finetuned": False}, p.warnings)
-        return p
+        p = Method.prepare(self, spec, **kw)
+        params = {**p.params, "finetuned": bool(p.params["finetuned"])}
+        factor = p.factor
+        if factor is None and spec.max_position_embeddings is not None:
+            factor = spec.max_position_embeddings / p.original_max_position_embeddings
+        if factor is None:
+            if params["finetuned"]:
+                raise RopeConfigError(
+                    "dynamic-yarn with finetuned=true needs 'factor' (the fine-tuned scale)",
+                    path=spec.source,
+                    key="factor",
+                )
+            factor = 1.0
+        warnings = list(p.warnings)
+        self._check(spec, params, warnings, kw.get("where") or (lambda k: None))
+        return Prepared(factor, p.original_max_position_embeddings, params, tuple(warnings))
 
     def scale_at(self, prepared: Prepared, seq_len: int | None) -> float:
         floor = prepared.factor if prepared.params["finetuned"] else 1.0

@@ -306,7 +306,7 @@ CORE = [
     *sorted((PACKAGE / "metadata").glob("*.py")),
     *sorted((PACKAGE / "detectors").glob("*.py")),
     *sorted((PACKAGE / "methods").glob("*.py")),
-    *(PACKAGE / name for name in ("errors.py", "spec.py", "detect.py", "overrides.py", "registry.py", "llamacpp.py")),
+    *(PACKAGE / name for name in ("errors.py", "spec.py", "detection.py", "overrides.py", "registry.py", "llamacpp.py")),
 ]
 BANNED_IMPORTS = {
     "socket", "ssl", "urllib", "http", "requests", "httpx", "aiohttp", "huggingface_hub", "pickle", "dill",

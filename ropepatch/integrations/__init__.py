@@ -1,0 +1,1 @@
+"""Integrations with applications that host runtimes (text-generation-webui)."""

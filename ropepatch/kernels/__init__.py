@@ -1,0 +1,101 @@
+"""Fused rotary kernels: one Triton launch rotates q and k, with a plain PyTorch path beside it.
+
+Importing this package imports neither torch nor triton; :mod:`ropepatch.kernels.dispatch` (the entry
+points) loads torch on first use and triton only when a CUDA tensor asks for the kernel.
+
+Modules:
+
+* :mod:`ropepatch.kernels.reference` - the PyTorch path (CPU, no Triton) and the oracle of the tests.
+* :mod:`ropepatch.kernels.triton_rope` - the Triton kernel and its host wrapper.
+* :mod:`ropepatch.kernels.dispatch` - the public entry points (``apply_rotary``,
+  ``apply_rotary_table_free``, ``apply_rotary_cached``, ``RotaryCache``, ``wrap_apply_rotary_pos_emb``)
+  and the autograd Function whose backward rotates by -theta.
+
+The switch :func:`set_enabled` is what ``ropepatch.enable(kernels=True)`` flips: while it is off
+(the default) a wrapped ``apply_rotary_pos_emb`` calls transformers' own function for every tensor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ropepatch.kernels.dispatch import (
+        RotaryCache,
+        apply_rotary,
+        apply_rotary_cached,
+        apply_rotary_table_free,
+        select_backend,
+        wrap_apply_rotary_pos_emb,
+    )
+
+__all__ = [
+    "RotaryCache",
+    "apply_rotary",
+    "apply_rotary_cached",
+    "apply_rotary_table_free",
+    "is_enabled",
+    "select_backend",
+    "set_enabled",
+    "triton_status",
+    "wrap_apply_rotary_pos_emb",
+]
+
+_enabled = False
+_triton_status: tuple[bool, str] | None = None
+
+_LAZY = {
+    name: ("ropepatch.kernels.dispatch", name)
+    for name in (
+        "RotaryCache",
+        "apply_rotary",
+        "apply_rotary_cached",
+        "apply_rotary_table_free",
+        "select_backend",
+        "wrap_apply_rotary_pos_emb",
+    )
+}
+
+
+def set_enabled(flag: bool) -> None:
+    """Route CUDA tensors of wrapped ``apply_rotary_pos_emb`` functions to the Triton kernel (or stop).
+
+    ``ropepatch.enable(kernels=True)`` calls ``set_enabled(True)``; ``ropepatch.disable()`` calls
+    ``set_enabled(False)``. CPU tensors never go to the kernel, whatever the switch says.
+    """
+    global _enabled
+    _enabled = bool(flag)
+
+
+def is_enabled() -> bool:
+    """True while wrapped ``apply_rotary_pos_emb`` functions route CUDA tensors to the kernel."""
+    return _enabled
+
+
+def triton_status() -> tuple[bool, str]:
+    """``(True, version)`` when triton imports here, else ``(False, why)``; imports triton once."""
+    global _triton_status
+    if _triton_status is None:
+        try:
+            import triton
+        except Exception as exc:  # ImportError, or a broken install raising anything at import
+            _triton_status = (False, f"triton cannot be imported: {type(exc).__name__}: {exc}")
+        else:
+            _triton_status = (True, str(getattr(triton, "__version__", "unknown")))
+    return _triton_status
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: torch loads only when an entry point is first used
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ropepatch.kernels' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,34 @@
+"""Fixtures for the doctor tests: the shared checkpoint corpus and a clean ropepatch state."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers", reason="the doctor's transformers probe needs transformers installed")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doctor_paths import CORPUS  # noqa: E402
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if CORPUS is None:
+        pytest.skip("needs the shared checkpoint corpus (shared/checkpoints beside the repository)")
+    return CORPUS
+
+
+@pytest.fixture(autouse=True)
+def _disabled() -> Any:
+    import ropepatch
+
+    ropepatch.disable()
+    yield
+    ropepatch.disable()
