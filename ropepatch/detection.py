@@ -83,7 +83,7 @@ def resolve(view: ConfigView, layers: Iterable[Override] = ()) -> RopeSpec:
             continue
         label = layer.origin + (f" [{layer.pattern}]" if layer.pattern else "")
         if layer.method is not None:
-            if layer.method != get_registry().method(method, source=view.path).name:
+            if layer.method != _known_method(method):
                 # parameters of the detected method mean nothing to the new one
                 params = {}
                 notes.append(f"method {method!r} from metadata replaced by {layer.method!r} ({label})")
@@ -119,6 +119,14 @@ def resolve(view: ConfigView, layers: Iterable[Override] = ()) -> RopeSpec:
     )
 
 
+def _known_method(name: str) -> str | None:
+    """The canonical name of ``name``, or None when no method has it (an override may replace it)."""
+    try:
+        return str(get_registry().method(name).name)
+    except RopeConfigError:
+        return None
+
+
 def _apply_target(
     view: ConfigView,
     method: str,
@@ -129,7 +137,7 @@ def _apply_target(
     method_named_by_user: bool,
 ) -> tuple[str, dict[str, Any], list[str]]:
     n, label = target
-    canonical = get_registry().method(method).name
+    canonical = get_registry().method(method, source=view.path, key=provenance.get("method") or "method").name
     if canonical != "default" and not method_named_by_user:
         notes.append(
             f"target_context={n} ignored: the checkpoint already carries {canonical} scaling "

@@ -136,10 +136,13 @@ def _check_factor_contradiction(view: ConfigView, f: Finding) -> None:
     # llama3's factor is not a context ratio (Llama 3.2 uses 32 with max/original = 16): no check there
     if f.method not in ("yarn", "longrope", "su", "linear", "dynamic-yarn", "ntk-by-parts"):
         return
+    if not isinstance(factor, (int, float)) or original <= 0:
+        return  # the spec refuses these with a message naming the key
     ratio = maxpos / original
     if abs(ratio - factor) > 1e-6 * max(1.0, factor) and ratio > 1:
+        context = factor * original  # a float: 1e308 x 4096 is inf, which int(round()) cannot take
         f.warnings.append(
             f"factor={factor:g} disagrees with max_position_embeddings/original = {maxpos}/{original} = "
             f"{ratio:g}; factor {factor:g} is used (as transformers >= 4.56 does), so the effective context "
-            f"is {int(round(factor * original))}"
+            f"is {context:.0f}"
         )

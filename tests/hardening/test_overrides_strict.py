@@ -158,6 +158,19 @@ def test_bad_env_fails_in_detect_even_when_metadata_is_fine(monkeypatch: pytest.
     assert env_overrides({"ROPEPATCH": "  "}) == []
 
 
+def test_an_override_method_replaces_an_unknown_metadata_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    # found by the thorough fuzz run: ROPEPATCH=linear over rope_type 'yarm' raised the metadata's
+    # unknown-method error (naming no key) instead of letting the user's method win
+    cfg = {**LLAMA, "rope_scaling": {"rope_type": "yarm", "factor": 2}}
+    monkeypatch.setenv("ROPEPATCH", "linear")
+    spec = detect(cfg, emit_warnings=False)
+    assert (spec.method, spec.factor, spec.provenance["method"]) == ("linear", 2.0, "env ROPEPATCH")
+    monkeypatch.setenv("ROPEPATCH", "target_context=16384")  # no method named: the metadata's must be known
+    with pytest.raises(RopeConfigError, match="did you mean 'yarn'") as info:
+        detect(cfg)
+    assert info.value.key == "dict:rope_scaling.rope_type"
+
+
 def test_enable_rejects_a_typo_before_any_runtime_is_imported() -> None:
     # a fresh interpreter: enable() must raise before it imports torch or transformers
     code = (

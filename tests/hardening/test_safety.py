@@ -306,13 +306,33 @@ CORE = [
     *sorted((PACKAGE / "metadata").glob("*.py")),
     *sorted((PACKAGE / "detectors").glob("*.py")),
     *sorted((PACKAGE / "methods").glob("*.py")),
-    *(PACKAGE / name for name in ("errors.py", "spec.py", "detection.py", "overrides.py", "registry.py", "llamacpp.py")),
+    *(
+        PACKAGE / name
+        for name in ("errors.py", "spec.py", "detection.py", "overrides.py", "registry.py", "llamacpp.py")
+    ),
 ]
 BANNED_IMPORTS = {
     "socket", "ssl", "urllib", "http", "requests", "httpx", "aiohttp", "huggingface_hub", "pickle", "dill",
     "marshal", "shelve", "joblib", "runpy", "subprocess", "ctypes",
 }  # fmt: skip
 BANNED_CALLS = {"eval", "exec", "compile", "__import__", "execfile"}
+
+
+def _passes_the_users_choice(value: ast.expr) -> bool:
+    """``False``, or the user's own flag passed along (``args.trust_remote_code``, ``trust_remote_code``)."""
+    if isinstance(value, ast.Constant):
+        return value.value is False
+    if isinstance(value, ast.Name):
+        return value.id == "trust_remote_code"
+    return isinstance(value, ast.Attribute) and value.attr == "trust_remote_code"
+
+
+def _is_add_argument_for_trust(node: ast.Call) -> bool:
+    return (
+        isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_argument"
+        and any(isinstance(a, ast.Constant) and a.value == "--trust-remote-code" for a in node.args)
+    )
 
 
 def _calls_and_imports(path: Path) -> tuple[set[str], set[str], list[str]]:
@@ -332,15 +352,27 @@ def _calls_and_imports(path: Path) -> tuple[set[str], set[str], list[str]]:
             elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):  # module.func(...)
                 calls.add(f"{func.value.id}.{func.attr}")
             for kw in node.keywords:
-                # a literal False, or the user's own value passed through under its own name
-                # (args.trust_remote_code from the opt-in --trust-remote-code flag, default False)
-                users_own = (isinstance(kw.value, ast.Attribute) and kw.value.attr == "trust_remote_code") or (
-                    isinstance(kw.value, ast.Name) and kw.value.id == "trust_remote_code"
-                )
-                if kw.arg == "trust_remote_code" and not users_own and not (
-                    isinstance(kw.value, ast.Constant) and kw.value.value is False
-                ):
+                if kw.arg == "trust_remote_code" and not _passes_the_users_choice(kw.value):
                     trusts.append(f"{path.name}:{node.lineno}")
+            if _is_add_argument_for_trust(node):
+                options = {kw.arg: kw.value for kw in node.keywords}
+                action = options.get("action")
+                if not (isinstance(action, ast.Constant) and action.value == "store_true") or "default" in options:
+                    trusts.append(f"{path.name}:{node.lineno} (the flag must be store_true, off by default)")
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == "trust_remote_code" and not _passes_the_users_choice(v):
+                    trusts.append(f"{path.name}:{node.lineno}")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            positional = args.posonlyargs + args.args
+            defaults = dict(
+                zip([a.arg for a in positional[len(positional) - len(args.defaults) :]], args.defaults, strict=True)
+            )
+            defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None})
+            default = defaults.get("trust_remote_code")
+            if default is not None and not (isinstance(default, ast.Constant) and default.value is False):
+                trusts.append(f"{path.name}:{node.lineno} (defaults trust_remote_code to something but False)")
     return imports, calls, trusts
 
 
@@ -353,8 +385,9 @@ def test_the_detection_core_cannot_reach_the_network_or_run_code(path: Path) -> 
 
 
 def test_nothing_in_ropepatch_turns_on_trust_remote_code() -> None:
-    # remote code runs only where the user passed trust_remote_code: ropepatch never passes
-    # anything but a literal False (or the user's own value, which it never invents)
+    # remote code runs only where the user passed trust_remote_code: ropepatch passes a literal
+    # False or the user's own flag along (args.trust_remote_code), its own parameters default to
+    # False, and a --trust-remote-code flag is store_true (off unless given)
     found = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in _calls_and_imports(path)[2]]
     assert found == [], f"trust_remote_code passed a non-False value at {found}"
     from ropepatch.cli.main import build_parser
