@@ -215,4 +215,4 @@ def reset_registry() -> None:
 
 
 def _truthy(value: str | None) -> bool:
-    return bool(value) and value.strip().lower() not in ("0", "false", "no", "")
+    return value is not None and value.strip().lower() not in ("0", "false", "no", "")

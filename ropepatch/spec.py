@@ -153,12 +153,14 @@ class RopeSpec(metaclass=_CheckedCall):
     @property
     def effective_factor(self) -> float | None:
         """The factor the method computes with (after defaults such as max/original)."""
-        return self._prepared.factor
+        factor: float | None = self._prepared.factor
+        return factor
 
     @property
     def effective_original(self) -> int | None:
         """The original (pre-training) context the method computes with."""
-        return self._prepared.original_max_position_embeddings
+        original: int | None = self._prepared.original_max_position_embeddings
+        return original
 
     @property
     def method_params(self) -> Mapping[str, Any]:
@@ -168,7 +170,10 @@ class RopeSpec(metaclass=_CheckedCall):
     @property
     def effective_context(self) -> int | None:
         """The context the checkpoint is meant to run at (``None`` where it grows with the input)."""
-        return self._checked(lambda: self._method_obj.effective_context(self, self._prepared), "the effective context")
+        context: int | None = self._checked(
+            lambda: self._method_obj.effective_context(self, self._prepared), "the effective context"
+        )
+        return context
 
     @property
     def softmax_scale(self) -> float:

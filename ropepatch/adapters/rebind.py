@@ -50,15 +50,16 @@ def when_imported_in(
     def hook(module: ModuleType) -> None:
         from ropepatch.runtime import current
 
-        if current() is not state:
+        live: Any = current()
+        if live is not state:
             return
         try:
             with patches.transaction():
-                patch(module, patches, state)
+                patch(module, patches, live)
         except Exception as exc:  # noqa: BLE001 - an import must not fail because of ropepatch
             message = f"ropepatch: could not patch {module_name}: {type(exc).__name__}: {exc}"
-            state.failures[f"{patches.name}:{module_name}"] = message
-            if getattr(state, "strict", False):
+            live.failures[f"{patches.name}:{module_name}"] = message
+            if getattr(live, "strict", False):
                 raise
             log.warning(message)
 

@@ -82,12 +82,13 @@ def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
     def static(cls: type, config: Any, dim: int, base: float, device: Any) -> Any:
         from ropepatch.runtime import current
 
-        if current() is not state:  # disabled meanwhile (restore() puts TGI's own back)
+        live: Any = current()
+        if live is not state:  # disabled meanwhile (restore() puts TGI's own back)
             return original(cls, config, dim, base, device)
         try:
-            plan = plan_static(state, config, dim, base, tgi_rope_scaling=rope_config(config) if rope_config else None)
+            plan = plan_static(live, config, dim, base, tgi_rope_scaling=rope_config(config) if rope_config else None)
         except RopeConfigError as exc:
-            if state.strict:
+            if live.strict:
                 raise
             message = f"ropepatch: TGI keeps its own rotary layer for this model: {exc}"
             warnings.warn(message, RopepatchWarning, stacklevel=2)
@@ -228,7 +229,7 @@ def _states_theta(raw: Mapping[str, Any]) -> bool:
 def _checkpoint_config(name: str) -> dict[str, Any] | None:
     """The checkpoint's own config.json (a local folder, or the Hugging Face cache), never downloading."""
     path: Path | None = Path(name) / "config.json"
-    if not path.is_file():
+    if path is not None and not path.is_file():
         path = None
         try:
             from huggingface_hub import try_to_load_from_cache

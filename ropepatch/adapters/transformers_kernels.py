@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any
 
 from ropepatch.patching import PatchSet
 

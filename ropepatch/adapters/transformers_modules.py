@@ -25,8 +25,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ropepatch.adapters.transformers_registry import track
 from ropepatch.adapters.transformers_plan import Plan
+from ropepatch.adapters.transformers_registry import track
 from ropepatch.errors import RopeConfigError
 
 __all__ = ["convert_one", "fix_modules", "is_registry_module", "rotary_modules"]
@@ -58,8 +58,8 @@ def _has_inv_freq(module: Any) -> bool:
 
     if isinstance(getattr(module, "inv_freq", None), torch.Tensor):
         return True
-    types = getattr(module, "layer_types", None)
-    return bool(types) and any(isinstance(getattr(module, f"{t}_inv_freq", None), torch.Tensor) for t in types)
+    types = getattr(module, "layer_types", None) or ()
+    return any(isinstance(getattr(module, f"{t}_inv_freq", None), torch.Tensor) for t in types)
 
 
 def is_registry_module(module: Any) -> bool:

@@ -11,6 +11,7 @@ applies the rest itself.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -115,7 +116,7 @@ def plan_for(config: Any, state: Any) -> Plan | None:
     with _lock:
         key = id(config)
         try:
-            ref = weakref.ref(config, lambda _r, k=key: _plans.pop(k, None))
+            ref = weakref.ref(config, functools.partial(_forget_key, _plans, key))
         except TypeError:
             return plan
         _plans[key] = (ref, plan, settings)
@@ -150,6 +151,11 @@ def rope_attr(config: Any) -> str | None:
 _originals: dict[int, tuple[weakref.ref[Any], dict[str, Any]]] = {}
 
 
+def _forget_key(table: dict[int, Any], key: int, _ref: Any) -> None:
+    """weakref callback: drop a dead config's entry."""
+    table.pop(key, None)
+
+
 def _remember_original(config: Any, attr: str) -> None:
     key = id(config)
     with _lock:
@@ -159,7 +165,7 @@ def _remember_original(config: Any, attr: str) -> None:
                 hit[1][attr] = copy.deepcopy(getattr(config, attr, None))
             return
         try:
-            ref = weakref.ref(config, lambda _r, k=key: _originals.pop(k, None))
+            ref = weakref.ref(config, functools.partial(_forget_key, _originals, key))
         except TypeError:
             return
         _originals[key] = (ref, {attr: copy.deepcopy(getattr(config, attr, None))})

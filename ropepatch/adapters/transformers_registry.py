@@ -12,6 +12,7 @@ attention factor, as ``from_pretrained`` builds models under ``torch.device("met
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import weakref
@@ -121,6 +122,8 @@ def init_fn(config: Any, device: Any = None, seq_len: Any = None, layer_type: st
 def _validator_v4(config: Any, ignore_keys: Any = None) -> None:
     """4.43-4.57 ``ROPE_VALIDATION_FUNCTIONS`` entry: the embedded spec must rebuild (it validates itself)."""
     rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None)
+    if not isinstance(rope, Mapping):
+        raise RopeConfigError("a ropepatch rope type was requested for a config without a rope dict")
     spec_from_rope_dict(rope)
 
 
@@ -170,7 +173,7 @@ def install_registry(patches: PatchSet, rope_utils: Any) -> None:
     mixin = getattr(rope_utils, "RotaryEmbeddingConfigMixin", None)
     for key in all_type_keys():
         # never "default": that would replace every plain model's frequencies (runtimes.md)
-        patches.set_item(registry, key, init_fn, keep_if=lambda key=key: in_use(key))
+        patches.set_item(registry, key, init_fn, keep_if=functools.partial(in_use, key))
         if validators is not None:
             patches.set_item(validators, key, _validator_v4)
         if mixin is not None:

@@ -36,13 +36,13 @@ class ConfigView:
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
 
-    def first(self, *keys: str) -> tuple[Any, str | None]:
-        """The first of ``keys`` present with a non-null value, and its provenance."""
+    def first(self, *keys: str) -> tuple[Any, str]:
+        """The first of ``keys`` present with a non-null value, and its provenance (``""`` if none is)."""
         for key in keys:
             value = self.data.get(key)
             if value is not None:
                 return value, self.where(key)
-        return None, None
+        return None, ""
 
     @property
     def model_type(self) -> str:

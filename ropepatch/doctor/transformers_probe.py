@@ -128,7 +128,8 @@ def rotary_class(cfg: Any) -> tuple[Any, Any]:
         raise LookupError(f"{module_name} defines no RotaryEmbedding class")
     from transformers import PreTrainedModel
 
-    prefix = (model_name or "").replace("ForCausalLM", "").replace("Model", "")
+    name = model_name if isinstance(model_name, str) else ""  # a few mapping entries are tuples
+    prefix = name.replace("ForCausalLM", "").replace("Model", "")
     chosen = next((c for c in candidates if c.__name__ == f"{prefix}RotaryEmbedding"), None)
     if chosen is None:
         chosen = sorted(candidates, key=lambda c: len(c.__name__))[0]

@@ -141,6 +141,6 @@ def tgi_scorer(
             raise EndpointError(f"{endpoint}: details.prefill has {len(values)} tokens; decoder_input_details ignored?")
         if any(v is None for v in values[1:]):
             raise EndpointError(f"{endpoint}: details.prefill has tokens without a logprob past the first")
-        return [float(v) for v in values[1:]]
+        return [float(v) for v in values[1:] if v is not None]
 
     return score

@@ -14,7 +14,11 @@ __all__ = ["progress_bar"]
 def progress_bar(total: int, desc: str, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows a bar on stderr while the block runs."""
     if not enabled:
-        yield lambda n=1: None
+
+        def ignore(n: int = 1) -> None:
+            return None
+
+        yield ignore
         return
     try:
         from tqdm.auto import tqdm

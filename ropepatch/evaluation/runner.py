@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ropepatch.errors import RopeConfigError
 from ropepatch.evaluation.passkey import min_length, model_predictor, passkey_accuracy
 from ropepatch.evaluation.perplexity import cut_windows, model_scorer, perplexity_at_length
 from ropepatch.evaluation.progress import progress_bar
@@ -102,12 +103,14 @@ class LocalModel:
         import torch
         from transformers import AutoModelForCausalLM
 
+        if self.path is None:
+            raise RopeConfigError("this model handle was made from a model object; it has no path to load from")
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         if self.dtype is not None and self.dtype != "auto":
             kwargs["dtype"] = getattr(torch, self.dtype)
         elif self.dtype == "auto":
             kwargs["dtype"] = "auto"
-        model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
         if self.device is not None:
             model = model.to(self.device)
         if self._config is None:

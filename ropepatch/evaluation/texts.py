@@ -13,5 +13,5 @@ DEFAULT_TEXT = "shakespeare.txt"
 
 def default_text() -> tuple[str, str]:
     """``(text, name)`` of the bundled text."""
-    path = resources.files("ropepatch.evaluation").joinpath("data", DEFAULT_TEXT)
+    path = resources.files("ropepatch.evaluation").joinpath("data").joinpath(DEFAULT_TEXT)
     return path.read_text(encoding="utf-8"), f"bundled {DEFAULT_TEXT} (Shakespeare, public domain)"

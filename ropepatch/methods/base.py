@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ropepatch.errors import RopeConfigError, short_repr
 
@@ -57,6 +57,23 @@ class Prepared:
     params: Mapping[str, Any]
     warnings: tuple[str, ...] = ()
 
+    @property
+    def s(self) -> float:
+        """The factor, for methods whose ``prepare`` guarantees one."""
+        if self.factor is None:
+            raise RopeConfigError("this method needs a scaling factor and none was resolved", key="factor")
+        return self.factor
+
+    @property
+    def L0(self) -> int:
+        """The original context, for methods whose ``prepare`` guarantees one."""
+        if self.original_max_position_embeddings is None:
+            raise RopeConfigError(
+                "this method needs original_max_position_embeddings and none was resolved",
+                key="original_max_position_embeddings",
+            )
+        return self.original_max_position_embeddings
+
 
 class Method:
     """Base class of every scaling method, built-in or third-party.
@@ -65,16 +82,16 @@ class Method:
     defaults and validates; override it to add checks, calling ``super().prepare`` first.
     """
 
-    name: str = ""
-    aliases: tuple[str, ...] = ()
-    formula: str = ""
-    dynamic: bool = False
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    formula: ClassVar[str] = ""
+    dynamic: ClassVar[bool] = False
     #: ``"required"``, ``"optional"`` or ``"unused"``
-    uses_factor: str = "unused"
-    uses_original: str = "unused"
-    params: tuple[Param, ...] = ()
+    uses_factor: ClassVar[str] = "unused"
+    uses_original: ClassVar[str] = "unused"
+    params: ClassVar[tuple[Param, ...]] = ()
     #: the transformers ``rope_type`` that computes this method exactly, if any
-    transformers_type: str | None = None
+    transformers_type: ClassVar[str | None] = None
 
     # -- validation -----------------------------------------------------------------------
     def prepare(self, spec: Any, *, where: Callable[[str], str | None] = lambda k: None) -> Prepared:
@@ -305,7 +322,7 @@ def linear_ramp(low: float, high: float, n: int) -> list[float]:
 
 def blend(a: Sequence[float], b: Sequence[float], mask: Sequence[float]) -> list[float]:
     """``a*(1-mask) + b*mask`` element-wise."""
-    return [x * (1 - m) + y * m for x, y, m in zip(a, b, mask)]
+    return [x * (1 - m) + y * m for x, y, m in zip(a, b, mask, strict=True)]
 
 
 def require_dim(spec: Any) -> int:

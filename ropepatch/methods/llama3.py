@@ -41,7 +41,7 @@ class Llama3(Method):
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
-        s, L0 = prepared.factor, prepared.original_max_position_embeddings
+        s, L0 = prepared.s, prepared.L0
         low, high = prepared.params["low_freq_factor"], prepared.params["high_freq_factor"]
         low_wavelen, high_wavelen = L0 / low, L0 / high
         out = []

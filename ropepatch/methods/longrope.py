@@ -28,7 +28,7 @@ class LongRope(Method):
         p = super().prepare(spec, **kw)
         where = kw.get("where") or (lambda k: None)
         check_params(self.name, spec, p.params, where, positive=("attention_factor",))
-        if p.params["attention_factor"] is None and self.scale(spec, p) > 1 and p.original_max_position_embeddings < 2:
+        if p.params["attention_factor"] is None and self.scale(spec, p) > 1 and p.L0 < 2:
             raise RopeConfigError(
                 "LongRoPE's attention factor sqrt(1 + ln s / ln L0) needs an original context of at least 2, "
                 f"got {p.original_max_position_embeddings}",
@@ -52,11 +52,11 @@ class LongRope(Method):
             return prepared.factor
         if spec.max_position_embeddings is None:
             return 1.0
-        return spec.max_position_embeddings / prepared.original_max_position_embeddings
+        return spec.max_position_embeddings / prepared.L0
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
-        L0 = prepared.original_max_position_embeddings
+        L0 = prepared.L0
         L = seq_len_int(seq_len)
         factors = prepared.params["long_factor"] if (L and L > L0) else prepared.params["short_factor"]
         inv = [1.0 / (f * spec.rope_theta ** ((2 * i) / d)) for i, f in enumerate(factors[: d // 2])]
@@ -67,7 +67,7 @@ class LongRope(Method):
         return inv, attention
 
     def effective_context(self, spec: Any, prepared: Prepared) -> int | None:
-        return int(round(self.scale(spec, prepared) * prepared.original_max_position_embeddings))
+        return int(round(self.scale(spec, prepared) * prepared.L0))
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
@@ -85,7 +85,7 @@ class DynamicNTK(Method):
         d = require_dim(spec)
         L0 = self.length0(spec, prepared)
         L = max(seq_len_int(seq_len) or L0, L0)
-        s = prepared.factor
+        s = prepared.s
         base = spec.rope_theta * ((s * L / L0) - (s - 1)) ** ntk_exponent(d)
         return default_inv_freq(base, d), 1.0
 
@@ -131,7 +131,7 @@ class QwenDynamicNTK(Method):
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
         p = super().prepare(spec, **kw)
         check_ntk_dim(self.name, spec, _where(kw))
-        if p.params["use_logn_attn"] and p.original_max_position_embeddings < 2:
+        if p.params["use_logn_attn"] and p.L0 < 2:
             raise RopeConfigError(
                 "use_logn_attn scales queries by log(pos)/log(L0): the original context must be at least 2, "
                 f"got {p.original_max_position_embeddings}",
@@ -142,7 +142,7 @@ class QwenDynamicNTK(Method):
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
-        L0 = prepared.original_max_position_embeddings
+        L0 = prepared.L0
         L = seq_len_int(seq_len)
         alpha = 1.0
         if L is not None and L > 0:
@@ -150,7 +150,7 @@ class QwenDynamicNTK(Method):
         return default_inv_freq(ntk_base(spec.rope_theta, alpha, d), d), 1.0
 
     def query_scale(self, spec: Any, prepared: Prepared, position: int) -> float:
-        L0 = prepared.original_max_position_embeddings
+        L0 = prepared.L0
         if not prepared.params["use_logn_attn"] or position + 1 <= L0:
             return 1.0
         return math.log(position + 1) / math.log(L0)
@@ -163,7 +163,7 @@ class NTKMargin(Method):
     """LightOn's NTK-Margin (Alfred-40B-1023): NTK with alpha = s + 1."""
 
     name = "ntk-margin"
-    aliases = ()
+    aliases: ClassVar[tuple[str, ...]] = ()
     formula = "b' = b * (s+1)^(d/(d-2))"
     uses_factor = "required"
     uses_original = "optional"
@@ -175,7 +175,7 @@ class NTKMargin(Method):
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
-        return default_inv_freq(ntk_base(spec.rope_theta, prepared.factor + 1, d), d), 1.0
+        return default_inv_freq(ntk_base(spec.rope_theta, prepared.s + 1, d), d), 1.0
 
 
 class NTKYarn(NTKMargin):
@@ -187,7 +187,7 @@ class NTKYarn(NTKMargin):
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         inv, _ = super().compute(spec, prepared, seq_len)
-        s = prepared.factor
+        s = prepared.s
         return inv, (1.0 + 0.1 * math.log(s)) if s > 1 else 1.0
 
 

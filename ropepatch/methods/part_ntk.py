@@ -47,7 +47,7 @@ class PartNTK(Method):
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         d = require_dim(spec)
-        b, s, L0, q = spec.rope_theta, prepared.factor, prepared.original_max_position_embeddings, prepared.params
+        b, s, L0, q = spec.rope_theta, prepared.s, prepared.L0, prepared.params
         base = default_inv_freq(b, d)
         lin = [f / s for f in base]
         ntk = default_inv_freq(ntk_base(b, s, d), d)

@@ -27,7 +27,7 @@ class Linear(Method):
     transformers_type = "linear"
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
-        s = prepared.factor
+        s = prepared.s
         return [f / s for f in default_inv_freq(spec.rope_theta, require_dim(spec))], 1.0
 
     def effective_context(self, spec: Any, prepared: Prepared) -> int | None:

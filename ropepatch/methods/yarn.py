@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
@@ -46,12 +46,12 @@ _YARN_PARAMS = (
 
 class Yarn(Method):
     name = "yarn"
-    aliases = ("deepseek-yarn", "yarn-deepseek", "telechat3-yarn")
+    aliases: ClassVar[tuple[str, ...]] = ("deepseek-yarn", "yarn-deepseek", "telechat3-yarn")
     formula = "NTK-by-parts ramp over [beta_fast, beta_slow] + cos,sin *= 0.1 ln s + 1"
     uses_factor = "optional"
     uses_original = "required"
-    params = _YARN_PARAMS
-    transformers_type = "yarn"
+    params: ClassVar[tuple[Param, ...]] = _YARN_PARAMS
+    transformers_type: ClassVar[str | None] = "yarn"
 
     def prepare(self, spec: Any, **kw: Any) -> Prepared:
         p = super().prepare(spec, **kw)
@@ -89,7 +89,7 @@ class Yarn(Method):
         check_ramp_base(self.name, spec, where)
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
-        return self._at_scale(spec, prepared, prepared.factor)
+        return self._at_scale(spec, prepared, prepared.s)
 
     def _at_scale(self, spec: Any, prepared: Prepared, scale: float) -> tuple[list[float], float]:
         d = require_dim(spec)
@@ -98,7 +98,7 @@ class Yarn(Method):
             spec.rope_theta,
             d,
             scale,
-            prepared.original_max_position_embeddings,
+            prepared.L0,
             q["beta_fast"],
             q["beta_slow"],
             q["truncate"],
@@ -113,7 +113,7 @@ class Yarn(Method):
         # DeepSeek-V2/V3 multiply the softmax scale by mscale(s, mscale_all_dim)^2 over the whole head.
         q = prepared.params
         if q["mscale"] and q["mscale_all_dim"]:
-            return get_mscale(prepared.factor, q["mscale_all_dim"]) ** 2
+            return get_mscale(prepared.s, q["mscale_all_dim"]) ** 2
         return 1.0
 
 
@@ -127,7 +127,7 @@ class NTKByParts(Yarn):
     transformers_type = None
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
-        return self._at_scale(spec, prepared, prepared.factor)[0], 1.0
+        return self._at_scale(spec, prepared, prepared.s)[0], 1.0
 
     def softmax_scale(self, spec: Any, prepared: Prepared) -> float:
         return 1.0
@@ -161,11 +161,11 @@ class DynamicYarn(Yarn):
         return Prepared(factor, p.original_max_position_embeddings, params, tuple(warnings))
 
     def scale_at(self, prepared: Prepared, seq_len: int | None) -> float:
-        floor = prepared.factor if prepared.params["finetuned"] else 1.0
+        floor = prepared.s if prepared.params["finetuned"] else 1.0
         L = seq_len_int(seq_len)
         if L is None:
             return floor
-        return max(L / prepared.original_max_position_embeddings, floor)
+        return max(L / prepared.L0, floor)
 
     def compute(self, spec: Any, prepared: Prepared, seq_len: int | None) -> tuple[list[float], float]:
         return self._at_scale(spec, prepared, self.scale_at(prepared, seq_len))

@@ -40,8 +40,8 @@ def test_inspect_seq_len_for_dynamic(capsys, checkpoints_dir):
     path = str(checkpoints_dir / "microsoft__Phi-3.5-mini-instruct.json")
     _, short, _ = run(capsys, "inspect", path, "--json", "--seq-len", "100")
     _, long, _ = run(capsys, "inspect", path, "--json", "--seq-len", "5000")
-    s, l = json.loads(short)["params"], json.loads(long)["params"]
-    assert s["inv_freq_first"] == pytest.approx(1.0) and l["inv_freq_first"] == pytest.approx(1 / 1.08, rel=1e-6)
+    s, lo = json.loads(short)["params"], json.loads(long)["params"]
+    assert s["inv_freq_first"] == pytest.approx(1.0) and lo["inv_freq_first"] == pytest.approx(1 / 1.08, rel=1e-6)
 
 
 def test_inspect_overrides_and_bad_input(capsys, checkpoints_dir):

@@ -7,9 +7,9 @@ real one (never a mix or garbage), and disable() after it all restores the origi
 from __future__ import annotations
 
 import random
-import traceback
 import sys
 import threading
+import traceback
 
 import pytest
 
@@ -70,9 +70,8 @@ def _table(model):
 
 
 def test_enable_disable_patch_model_from_many_threads():
-    from transformers import LlamaForCausalLM
-
     import transformers.dynamic_module_utils  # noqa: F401 - every patch point imported up front
+    from transformers import LlamaForCausalLM
 
     ropepatch.disable()
     before = _snapshot()
@@ -93,7 +92,7 @@ def test_enable_disable_patch_model_from_many_threads():
                 else:
                     ropepatch.patch_model(models[i])
                     assert _table(models[i]) == "part-ntk"
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException:  # noqa: BLE001 - reported below
             errors.append(traceback.format_exc())
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
@@ -126,7 +125,7 @@ def test_model_builds_racing_enable_are_all_consistent():
                 results.append(table)
                 if was_enabled:  # built entirely after enable() returned: must be patched
                     assert table == "part-ntk"
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001
             errors.append(traceback.format_exc())
 
     threads = [threading.Thread(target=builder) for _ in range(THREADS)]

@@ -44,7 +44,7 @@ def test_tgi_rotary_on_cpu(tmp_path):
     assert rows[("yarn attention_factor 1.5", "TGI native")]["max_abs_dcos"] > 0.3
     assert rows[("yarn beta_fast 16 beta_slow 2", "TGI native")]["max_abs_dcos"] > 2.0
     # ... corrected under ropepatch, for the class and its subclasses, at MAX_TOTAL_TOKENS rows
-    for (case, mode), r in rows.items():
+    for (_case, mode), r in rows.items():
         if mode == "ropepatch":
             assert r["max_abs_dcos"] < 2e-3 and r["subclass_call_keeps_cls"] and r["rows"] == 8192, r
     assert report["table_reused_after_warmup"] and report["restored_after_disable"]

@@ -101,9 +101,10 @@ def test_dynamic_is_scaled_where_vllm_does_not(rotary):
 
 
 def test_factory_is_rebound_where_models_imported_it_and_restored(monkeypatch):
-    import ropepatch
     from vllm.model_executor.layers import rotary_embedding
     from vllm.model_executor.models import llama  # imported get_rope by name before ropepatch
+
+    import ropepatch
 
     monkeypatch.delenv("ROPEPATCH", raising=False)
     original = rotary_embedding.get_rope
