@@ -19,8 +19,14 @@ import torch
 torch.set_num_threads(1)
 
 CONFIG = dict(
-    hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-    vocab_size=1024, max_position_embeddings=4096, tie_word_embeddings=False,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    vocab_size=1024,
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
 )
 L0 = 1024
 
@@ -104,9 +110,13 @@ def main() -> None:
 
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, 1 CPU thread")
     native, ours = forward_ratio()
-    print(f"forward, 512 tokens:  transformers yarn {native * 1e3:8.2f} ms | ropepatch type {ours * 1e3:8.2f} ms | ratio {ours / native:.3f} (target <= 1.02)")
+    print(
+        f"forward, 512 tokens:  transformers yarn {native * 1e3:8.2f} ms | ropepatch type {ours * 1e3:8.2f} ms | ratio {ours / native:.3f} (target <= 1.02)"
+    )
     enable_s, first = enable_cost()
-    print(f"enable() with transformers imported: {enable_s * 1e3:.2f} ms; first model build after it: +{first * 1e3:.1f} ms")
+    print(
+        f"enable() with transformers imported: {enable_s * 1e3:.2f} ms; first model build after it: +{first * 1e3:.1f} ms"
+    )
     # a prompt past L0 so every decode step is in the dynamic regime (the length grows each token)
     static = per_token({"method": "ntk-by-parts", "factor": 4.0, "original_max_position_embeddings": L0}, L0 + 8, 17)
     dynamic = per_token({"method": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0}, L0 + 8, 17)

@@ -65,7 +65,9 @@ def _see_our_site_packages(python: Path) -> None:
 
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     Path(site, "ropepatch-compat-parent.pth").write_text("\n".join(ours) + "\n")
@@ -98,7 +100,13 @@ def run_version(version: str) -> dict[str, object]:
             else:
                 outcomes[name] = "pass"
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-    return {"version": version, "seconds": seconds, "returncode": proc.returncode, "outcomes": outcomes, "summary": tail[0]}
+    return {
+        "version": version,
+        "seconds": seconds,
+        "returncode": proc.returncode,
+        "outcomes": outcomes,
+        "summary": tail[0],
+    }
 
 
 def table(results: list[dict[str, object]]) -> str:

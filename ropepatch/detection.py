@@ -21,7 +21,14 @@ from ropepatch.spec import RopeSpec
 
 __all__ = ["detect", "detect_view", "resolve"]
 
-_FIELDS = ("rope_theta", "rotary_dim", "head_dim", "factor", "original_max_position_embeddings", "max_position_embeddings")
+_FIELDS = (
+    "rope_theta",
+    "rotary_dim",
+    "head_dim",
+    "factor",
+    "original_max_position_embeddings",
+    "max_position_embeddings",
+)
 
 
 def detect(
@@ -163,9 +170,9 @@ def _apply_target(
     values["original_max_position_embeddings"] = int(original)
     values["max_position_embeddings"] = int(n)
     provenance["factor"] = f"{label}: target_context {n} / original {original}"
-    provenance["original_max_position_embeddings"] = provenance.get("original_max_position_embeddings") or provenance.get(
-        "max_position_embeddings", label
-    )
+    provenance["original_max_position_embeddings"] = provenance.get(
+        "original_max_position_embeddings"
+    ) or provenance.get("max_position_embeddings", label)
     provenance["max_position_embeddings"] = f"{label}: target_context"
     provenance["method"] = f"{label}: target_context {n} > original {original}"
     notes.append(f"extended from {original} to {n} tokens with {chosen} (factor {n / original:g})")

@@ -58,7 +58,11 @@ def llamacpp_flags(spec: Any) -> tuple[list[str] | None, str]:
             from ropepatch.methods.base import get_mscale
 
             flags += ["--yarn-attn-factor", _g(attention / get_mscale(spec.effective_factor))]
-        note = "" if q.get("truncate", True) else "llama.cpp always truncates the correction range (truncate=false differs)"
+        note = (
+            ""
+            if q.get("truncate", True)
+            else "llama.cpp always truncates the correction range (truncate=false differs)"
+        )
         return flags, note
     if m == "llama3":
         return None, "llama.cpp bakes llama3 scaling into the GGUF's rope_freqs tensor at conversion; no flag"

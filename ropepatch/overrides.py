@@ -229,9 +229,7 @@ def override_from_mapping(mapping: Mapping[str, Any], origin: str, pattern: str 
             raise _unknown_key(key, origin, keys)
         canon = COMMON_KEYS.get(key, key)
         if canon in given:
-            raise RopeConfigError(
-                f"set twice (as {given[canon]!r} and {key!r}); give it once", path=origin, key=key
-            )
+            raise RopeConfigError(f"set twice (as {given[canon]!r} and {key!r}); give it once", path=origin, key=key)
         given[canon] = key
         if canon == "method":
             if not isinstance(value, str):

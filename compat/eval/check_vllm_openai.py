@@ -125,8 +125,9 @@ def main() -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             started = wait_ready(url, proc, 600)
-            served = ropepatch_eval(["eval", "--endpoint", url, "--api", "openai", "--served-model", "tiny",
-                                     "--label", "vllm", *common])
+            served = ropepatch_eval(
+                ["eval", "--endpoint", url, "--api", "openai", "--served-model", "tiny", "--label", "vllm", *common]
+            )
         finally:
             proc.terminate()
             try:
@@ -139,8 +140,17 @@ def main() -> int:
         for s, loc in zip(served, local, strict=True):
             rel = abs(s["nll"] - loc["nll"]) / abs(loc["nll"])
             rel_tail = abs(s["tail_nll"] - loc["tail_nll"]) / abs(loc["tail_nll"])
-            rows.append({"length": s["length"], "vllm_nll": s["nll"], "local_nll": loc["nll"], "rel_diff": rel,
-                         "vllm_tail_nll": s["tail_nll"], "local_tail_nll": loc["tail_nll"], "rel_diff_tail": rel_tail})
+            rows.append(
+                {
+                    "length": s["length"],
+                    "vllm_nll": s["nll"],
+                    "local_nll": loc["nll"],
+                    "rel_diff": rel,
+                    "vllm_tail_nll": s["tail_nll"],
+                    "local_tail_nll": loc["tail_nll"],
+                    "rel_diff_tail": rel_tail,
+                }
+            )
             ok = ok and rel <= args.rtol and rel_tail <= args.rtol
         report["runs"][name] = {"rope_scaling": rope, "engine_start_s": round(started, 1), "rows": rows}
         print(name, json.dumps(rows, indent=1))

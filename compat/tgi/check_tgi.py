@@ -61,7 +61,9 @@ def llama_config(rope: dict | None, max_pos: int = 2048):
     from transformers import LlamaConfig
 
     params = {"rope_theta": 10000.0, **(rope or {"rope_type": "default"})}
-    config = LlamaConfig(hidden_size=HIDDEN, num_attention_heads=HEADS, max_position_embeddings=max_pos, rope_parameters=params)
+    config = LlamaConfig(
+        hidden_size=HIDDEN, num_attention_heads=HEADS, max_position_embeddings=max_pos, rope_parameters=params
+    )
     # TGI's modelling code reads the legacy attribute (transformers 4.x configs): give it the same dict
     config.rope_scaling = dict(params) if rope else None
     config._name_or_path = "compat/tiny-llama"
@@ -111,6 +113,7 @@ def table(rotary_cls, case: dict) -> tuple[object, torch.Tensor]:
 
 def run_cases(rotary, label: str) -> list[dict]:
     out = []
+
     # GPT-J's rotary is a subclass of TGI's class; static() must return a subclass of *it*
     class GPTJLike(rotary.PositionRotaryEmbedding):  # same shape as flash_gptj_modeling.GPTJRotary
         pass
@@ -179,7 +182,9 @@ def main() -> int:
     for name, modes in by_case.items():
         n, p = modes.get("TGI native", {}), modes.get("ropepatch", {})
         fmt = lambda r: r.get("error") or f"{r['max_abs_dcos']:.3g}"  # noqa: E731
-        print(f"| {name} | {fmt(n)} | {fmt(p)} | {p.get('class')} | {p.get('rows')} | {p.get('subclass_call_keeps_cls')} |")
+        print(
+            f"| {name} | {fmt(n)} | {fmt(p)} | {p.get('class')} | {p.get('rows')} | {p.get('subclass_call_keeps_cls')} |"
+        )
     for key in ("table_reused_after_warmup", "forward_on_cpu", "restored_after_disable", "ropepatch_status"):
         print(f"{key}: {report[key]}")
     if args.json:

@@ -20,8 +20,14 @@ def _config(**extra: Any) -> Any:
     from transformers import LlamaConfig
 
     kwargs = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=128, max_position_embeddings=4 * L0, tie_word_embeddings=False,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=4 * L0,
+        tie_word_embeddings=False,
     )
     kwargs.update(extra)
     return LlamaConfig(**kwargs)
@@ -83,7 +89,9 @@ def test_dynamic_yarn_follows_the_length() -> None:
     rope = {"type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0}
     ropepatch.enable()
     config = _config(rope_scaling=dict(rope))
-    spec = ropepatch.detect(_config(max_position_embeddings=4 * L0), method="dynamic-yarn", factor=4.0, original_max_position_embeddings=L0)
+    spec = ropepatch.detect(
+        _config(max_position_embeddings=4 * L0), method="dynamic-yarn", factor=4.0, original_max_position_embeddings=L0
+    )
     rot = _rotary(_model(config))
     _check(rot, spec, [(32, None), (200, 200), (32, None)])
 

@@ -133,7 +133,12 @@ def reference(args: argparse.Namespace) -> None:
     rotary.inv_freq = torch.tensor(inv, dtype=torch.float64).to(torch.float32)
     rotary.original_inv_freq = rotary.inv_freq
     rotary.attention_scaling = attention
-    result = {"transformers": transformers.__version__, "method": method, "attention_factor": attention, "sequences": []}
+    result = {
+        "transformers": transformers.__version__,
+        "method": method,
+        "attention_factor": attention,
+        "sequences": [],
+    }
     for prompt in PROMPTS:
         ids = list(prompt)
         lps = []
@@ -144,7 +149,7 @@ def reference(args: argparse.Namespace) -> None:
                 tok = int(torch.argmax(logp))
                 lps.append(float(logp[tok]))
                 ids.append(tok)
-        result["sequences"].append({"tokens": ids[len(prompt):], "logprobs": lps})
+        result["sequences"].append({"tokens": ids[len(prompt) :], "logprobs": lps})
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "sequences"}))
 
@@ -173,7 +178,9 @@ def main() -> int:
     s.add_argument("out")
     s.add_argument("--tp", type=int, default=1)
     s.add_argument("--eager", action="store_true")
-    s.add_argument("--mem", type=float, default=0.15, help="gpu_memory_utilization: on CPU, the fraction of RAM reserved")
+    s.add_argument(
+        "--mem", type=float, default=0.15, help="gpu_memory_utilization: on CPU, the fraction of RAM reserved"
+    )
     r = sub.add_parser("reference")
     r.add_argument("dir")
     r.add_argument("out")

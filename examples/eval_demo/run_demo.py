@@ -64,9 +64,27 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     command = [
-        "eval", str(model), "--byte-level", "--text", str(text), "--methods", METHODS, "--lengths", LENGTHS,
-        "--windows", str(args.windows), "--passkey", "--passkey-lengths", PASSKEY_LENGTHS, "--trials", "4",
-        "--out", str(args.out / "eval"), "--no-progress", "--title", TITLE,
+        "eval",
+        str(model),
+        "--byte-level",
+        "--text",
+        str(text),
+        "--methods",
+        METHODS,
+        "--lengths",
+        LENGTHS,
+        "--windows",
+        str(args.windows),
+        "--passkey",
+        "--passkey-lengths",
+        PASSKEY_LENGTHS,
+        "--trials",
+        "4",
+        "--out",
+        str(args.out / "eval"),
+        "--no-progress",
+        "--title",
+        TITLE,
     ]
     rc = ropepatch(command)
     return rc or write_docs(args)
@@ -83,7 +101,11 @@ def write_docs(args: argparse.Namespace) -> int:
     shutil.copyfile(args.out / "eval" / "passkey.png", args.docs / "eval-demo-passkey.png")
     shutil.copyfile(args.out / "eval" / "perplexity.csv", args.docs / "eval-demo.csv")
     (args.docs / "eval-demo.md").write_text(render(results, training, seconds, len(held)))
-    public = dict(results, model=_relative(results["model"]), text=dict(results["text"], source=_relative(results["text"]["source"])))
+    public = dict(
+        results,
+        model=_relative(results["model"]),
+        text=dict(results["text"], source=_relative(results["text"]["source"])),
+    )
     (args.docs / "eval-demo-results.json").write_text(json.dumps(public, indent=1) + "\n")
     print(f"wrote {args.docs / 'eval-demo.md'} in {seconds:.0f}s of evaluation")
     return 0
@@ -113,15 +135,24 @@ def findings(results: dict, original: int) -> list[str]:
     for method in dict.fromkeys(p["method"] for p in results["perplexity"]):
         at0 = _at(results, method, original, "tail_nll")
         parts = ", ".join(
-            f"{_at(results, method, n, 'tail_nll'):.2f} at {n // original}x" for n in longer
+            f"{_at(results, method, n, 'tail_nll'):.2f} at {n // original}x"
+            for n in longer
             if _at(results, method, n, "tail_nll") is not None
         )
-        out.append(f"**{method}**: last-quarter loss {at0:.2f} nats at the training length (plain RoPE: {base:.2f}); {parts}.")
+        out.append(
+            f"**{method}**: last-quarter loss {at0:.2f} nats at the training length (plain RoPE: {base:.2f}); {parts}."
+        )
     best = {}
     for n in longer:
-        rows = [(p["tail_nll"], p["method"]) for p in results["perplexity"] if p["length"] == n and p["tail_nll"] is not None]
+        rows = [
+            (p["tail_nll"], p["method"])
+            for p in results["perplexity"]
+            if p["length"] == n and p["tail_nll"] is not None
+        ]
         best[n] = min(rows)[1] if rows else None
-    out.append("Lowest last-quarter loss by length: " + ", ".join(f"{n // original}x {m}" for n, m in best.items()) + ".")
+    out.append(
+        "Lowest last-quarter loss by length: " + ", ".join(f"{n // original}x {m}" for n, m in best.items()) + "."
+    )
     return out
 
 
@@ -131,16 +162,20 @@ def _pace(training: dict) -> str:
     if first is None or first["seconds"] <= 0:
         return ""
     whole = first["seconds"] / 100 * training["steps"] / 60
-    return (f"; its first 100 steps took {first['seconds']:.0f} s, a pace of about {whole:.0f} minutes for the "
-            "whole run when the cores are free")
+    return (
+        f"; its first 100 steps took {first['seconds']:.0f} s, a pace of about {whole:.0f} minutes for the "
+        "whole run when the cores are free"
+    )
 
 
 def _passkey_note(results: dict) -> str:
     keys = results.get("passkey", [])
     if keys and not any(r["correct"] for r in keys):
-        return (" (no method retrieved any key at any length or depth: with byte tokens the shortest passkey "
-                "prompt is already past the training context, and a 0.8M-parameter model of Python source has not "
-                "learned this task; the heatmap only shows the tool at work).")
+        return (
+            " (no method retrieved any key at any length or depth: with byte tokens the shortest passkey "
+            "prompt is already past the training context, and a 0.8M-parameter model of Python source has not "
+            "learned this task; the heatmap only shows the tool at work)."
+        )
     return "."
 
 
@@ -212,7 +247,11 @@ def render(results: dict, training: dict, seconds: float, held_files: int) -> st
         *[f"* {line}" for line in findings(results, original)],
         "",
         "Every variant's rotary buffers were read back after patching and compared with ropepatch's spec: "
-        + ("all matched." if all(v.get("ok") for v in results["variants"]) else "SOME DID NOT MATCH (see results.json)."),
+        + (
+            "all matched."
+            if all(v.get("ok") for v in results["variants"])
+            else "SOME DID NOT MATCH (see results.json)."
+        ),
         "",
         "*This file is generated by `examples/eval_demo/run_demo.py`; edit the script, not the file.*",
         "",

@@ -42,7 +42,14 @@ __all__ = ["TgiAdapter", "TgiLegacyAdapter", "plan_static", "tgi_rotary_class"]
 log = logging.getLogger("ropepatch")
 
 _THETA_KEYS = ("rope_theta", "rotary_emb_base", "rotary_base", "rope_base")
-_DIM_KEYS = ("qk_rope_head_dim", "rotary_dim", "rotary_emb_dim", "partial_rotary_factor", "rotary_pct", "rotary_emb_fraction")
+_DIM_KEYS = (
+    "qk_rope_head_dim",
+    "rotary_dim",
+    "rotary_emb_dim",
+    "partial_rotary_factor",
+    "rotary_pct",
+    "rotary_emb_fraction",
+)
 
 
 class TgiAdapter(Adapter):
@@ -71,7 +78,9 @@ class TgiLegacyAdapter(TgiAdapter):
 def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
     base_cls = getattr(module, "PositionRotaryEmbedding", None)
     if base_cls is None:
-        raise RuntimeError(f"{module.__name__} has no PositionRotaryEmbedding (TGI's flash rotary kernels did not import)")
+        raise RuntimeError(
+            f"{module.__name__} has no PositionRotaryEmbedding (TGI's flash rotary kernels did not import)"
+        )
     descriptor = base_cls.__dict__.get("static")
     if not isinstance(descriptor, classmethod):
         raise RuntimeError(f"{module.__name__}.PositionRotaryEmbedding.static is not a classmethod")
@@ -223,7 +232,10 @@ def _served_model_id() -> str | None:
 def _states_theta(raw: Mapping[str, Any]) -> bool:
     if any(raw.get(k) is not None for k in _THETA_KEYS):
         return True
-    return any(isinstance(raw.get(k), Mapping) and raw[k].get("rope_theta") is not None for k in ("rope_parameters", "rope_scaling"))
+    return any(
+        isinstance(raw.get(k), Mapping) and raw[k].get("rope_theta") is not None
+        for k in ("rope_parameters", "rope_scaling")
+    )
 
 
 def _checkpoint_config(name: str) -> dict[str, Any] | None:

@@ -24,7 +24,19 @@ __all__ = ["VALIDATED_CONFIG_MODULES", "patch_config_validators", "patch_init_ro
 #: config modules whose class validated rope_scaling itself in some tested version
 VALIDATED_CONFIG_MODULES = tuple(
     f"transformers.models.{m}.configuration_{m}"
-    for m in ("llama", "falcon", "gpt_neox", "persimmon", "phi", "fuyu", "stablelm", "phi3", "olmo", "olmo2", "chameleon")
+    for m in (
+        "llama",
+        "falcon",
+        "gpt_neox",
+        "persimmon",
+        "phi",
+        "fuyu",
+        "stablelm",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "chameleon",
+    )
 )
 
 _lock = threading.Lock()

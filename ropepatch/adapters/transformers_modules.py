@@ -34,7 +34,9 @@ __all__ = ["convert_one", "fix_modules", "is_registry_module", "rotary_modules"]
 log = logging.getLogger("ropepatch")
 
 #: legacy classes transformers built from rope_scaling itself (their forward applies the scaling)
-_NATIVE_SCALING_CLASS = re.compile(r"(Linear|Dynamic|Scaled|Scaling|LongRoPE|Su|Yarn)\w*RotaryEmbedding|RotaryEmbedding\w*(Linear|Dynamic|Scaled|Scaling)")
+_NATIVE_SCALING_CLASS = re.compile(
+    r"(Linear|Dynamic|Scaled|Scaling|LongRoPE|Su|Yarn)\w*RotaryEmbedding|RotaryEmbedding\w*(Linear|Dynamic|Scaled|Scaling)"
+)
 _STATE = "_ropepatch_rotary"
 
 
@@ -79,7 +81,9 @@ def fix_modules(model: Any, plan: Plan, *, convert: bool) -> int:
             if current != plan.rope_type:
                 if not convert and current is not None and not plan.ours:
                     # built by a class that reads the config differently; leave transformers' result
-                    log.debug("ropepatch: %s has rope type %s, plan says %s", type(module).__name__, current, plan.rope_type)
+                    log.debug(
+                        "ropepatch: %s has rope type %s, plan says %s", type(module).__name__, current, plan.rope_type
+                    )
                 _retype(module, plan)
             _finish_registry(module, plan)
         else:
@@ -303,4 +307,3 @@ def _scale_outputs(module: Any, args: tuple, output: Any) -> Any:
     if isinstance(output, tuple):
         return tuple(o * scale for o in output)
     return output * scale
-

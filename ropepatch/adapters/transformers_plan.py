@@ -403,7 +403,9 @@ def _agrees(
         with torch.device("cpu"):
             for L in lengths:
                 ours, ours_att = spec.frequencies(L)
-                theirs, theirs_att = fn(probe, "cpu", seq_len=L, **kwargs) if L is not None else fn(probe, "cpu", **kwargs)
+                theirs, theirs_att = (
+                    fn(probe, "cpu", seq_len=L, **kwargs) if L is not None else fn(probe, "cpu", **kwargs)
+                )
                 theirs = theirs.to("cpu", torch.float32)
                 if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-5, atol=0.0):
                     return False
@@ -448,7 +450,12 @@ def _check_extras(config: Any, data: Mapping[str, Any], plan: Plan) -> None:
             key="mscale_all_dim",
         )
     partial = spec.rotary_dim is not None and spec.head_dim is not None and spec.rotary_dim < spec.head_dim
-    if plan.ours and partial and (plan.initial_attention != 1.0 or plan.attention_varies) and mtype not in SOFTMAX_SCALING_MODELS:
+    if (
+        plan.ours
+        and partial
+        and (plan.initial_attention != 1.0 or plan.attention_varies)
+        and mtype not in SOFTMAX_SCALING_MODELS
+    ):
         raise RopeConfigError(
             f"{spec.method}'s temperature scales q and k over the whole head, but this {mtype or 'model'} rotates "
             f"only {spec.rotary_dim} of {spec.head_dim} dims and transformers applies cos/sin factors to the "
@@ -480,10 +487,14 @@ def apply_plan(config: Any, plan: Plan) -> None:
         if not plan.ours:
             return
         # a config class without a rope dict (Mistral 4.57, remote code): ropepatch's type still needs one
-        attr = "rope_parameters" if isinstance(getattr(type(config), "rope_scaling", None), property) else "rope_scaling"
+        attr = (
+            "rope_parameters" if isinstance(getattr(type(config), "rope_scaling", None), property) else "rope_scaling"
+        )
     _, current = _current_rope(config, attr)
-    if current is not None and _current_type(current) == plan.rope_type and (
-        not plan.ours or _same(plan.spec, _embedded(current))
+    if (
+        current is not None
+        and _current_type(current) == plan.rope_type
+        and (not plan.ours or _same(plan.spec, _embedded(current)))
     ):
         return  # already written (nested models call this once per PreTrainedModel)
     _remember_original(config, attr)

@@ -113,7 +113,9 @@ def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any) -> None:
             layer = cache.get(key)
             if layer is None:
                 cls = ropepatch_rotary_class(base_cls)
-                layer = cls(head_size, rotary_dim, rows, plan.spec.rope_theta, a["is_neox_style"], dtype, spec=plan.spec)
+                layer = cls(
+                    head_size, rotary_dim, rows, plan.spec.rope_theta, a["is_neox_style"], dtype, spec=plan.spec
+                )
                 cache[key] = layer
                 log.info("ropepatch: vLLM rotary layer %s, %d rows (%s)", plan.spec.summary(), rows, plan.reason)
         return layer
@@ -133,7 +135,9 @@ def _plan_call(state: Any, a: dict[str, Any]) -> tuple[Any, tuple[int, int, int]
     # vLLM's own rule for the rotary dim (rope_dim, else head_size × partial_rotary_factor)
     rotary_dim = int(rp.get("rope_dim") or int(head_size * rp.get("partial_rotary_factor", 1.0)))
     max_position = int(a["max_position"])
-    view = config_view(rp, head_size=head_size, rotary_dim=rotary_dim, max_position=max_position, hf_config=_hf_config())
+    view = config_view(
+        rp, head_size=head_size, rotary_dim=rotary_dim, max_position=max_position, hf_config=_hf_config()
+    )
     return plan_rope(view, state.layers()), (head_size, rotary_dim, max_position)
 
 

@@ -37,7 +37,14 @@ NATIVE_TYPES = frozenset({"default", "linear", "yarn", "deepseek-yarn", "llama3"
 # rope parameters that select another kind of layer (multimodal sections, Fourier RoPE)
 _OTHER_LAYER_KEYS = ("mrope_section", "use_fope", "xdrope_section")
 # keys that would make the view's rotary dim differ from the one vLLM asked for
-_DIM_KEYS = ("qk_rope_head_dim", "rotary_dim", "rotary_emb_dim", "partial_rotary_factor", "rotary_pct", "rotary_emb_fraction")
+_DIM_KEYS = (
+    "qk_rope_head_dim",
+    "rotary_dim",
+    "rotary_emb_dim",
+    "partial_rotary_factor",
+    "rotary_pct",
+    "rotary_emb_fraction",
+)
 
 
 @dataclass(frozen=True)

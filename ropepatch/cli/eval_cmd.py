@@ -51,10 +51,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("model", nargs="?", help="checkpoint folder (with --endpoint: where to read the tokenizer)")
-    p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help=f"comma-separated methods; 'auto' = as detected (default: {DEFAULT_METHODS})")
-    p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:k=v,...",
-                   help="one more line to compare, in $ROPEPATCH syntax (repeatable)")
+    p.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help=f"comma-separated methods; 'auto' = as detected (default: {DEFAULT_METHODS})",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=METHOD:k=v,...",
+        help="one more line to compare, in $ROPEPATCH syntax (repeatable)",
+    )
     p.add_argument("--lengths", type=_ints, help="context lengths in tokens (default: L0/2, L0, 2L0, 4L0, 8L0)")
     p.add_argument("--original", type=int, help="the context the model was trained at, L0 (default: detected)")
     p.add_argument("--factor", type=float, help="factor for every method (default: longest length / L0; dynamic: 2)")
@@ -73,8 +81,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g = p.add_argument_group("local model")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
-    g.add_argument("--strategy", choices=["patch", "reload"], default="patch",
-                   help="patch one loaded model per method (default) or reload it inside ropepatch.enabled()")
+    g.add_argument(
+        "--strategy",
+        choices=["patch", "reload"],
+        default="patch",
+        help="patch one loaded model per method (default) or reload it inside ropepatch.enabled()",
+    )
     g.add_argument("--trust-remote-code", action="store_true")
     g = p.add_argument_group("server (instead of a local model)")
     g.add_argument("--endpoint", help="base URL of a running server, e.g. http://127.0.0.1:8000")
@@ -167,13 +179,21 @@ def run(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = EvalSettings(
-        lengths=lengths, windows=args.windows, stride=args.stride, tail_fraction=args.tail,
-        passkey=args.passkey, passkey_lengths=args.passkey_lengths, depths=args.depths, trials=args.trials,
-        seed=args.seed, progress=not args.no_progress,
+        lengths=lengths,
+        windows=args.windows,
+        stride=args.stride,
+        tail_fraction=args.tail,
+        passkey=args.passkey,
+        passkey_lengths=args.passkey_lengths,
+        depths=args.depths,
+        trials=args.trials,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     log(f"{args.model}: original context {original}; {len(ids)} tokens of {text_name}; device {device}")
-    handle = LocalModel(args.model, dtype=args.dtype, device=device, strategy=args.strategy,
-                        trust_remote_code=args.trust_remote_code)
+    handle = LocalModel(
+        args.model, dtype=args.dtype, device=device, strategy=args.strategy, trust_remote_code=args.trust_remote_code
+    )
     start = time.time()
     body = run_variants(handle, variants, ids, settings, tokenizer=tok, bos=bos, log=log)
     results = _header(args, text_name, len(ids), original, lengths, device) | body
@@ -181,8 +201,14 @@ def run(args: argparse.Namespace) -> int:
     return _finish(args, results, original)
 
 
-def _header(args: argparse.Namespace, text_name: str, n_tokens: int, original: int | None, lengths: list[int],
-            device: str | None) -> dict[str, Any]:
+def _header(
+    args: argparse.Namespace,
+    text_name: str,
+    n_tokens: int,
+    original: int | None,
+    lengths: list[int],
+    device: str | None,
+) -> dict[str, Any]:
     import os
 
     from ropepatch import __version__
@@ -237,7 +263,9 @@ def _run_endpoint(args: argparse.Namespace) -> int:
     if original is None and args.model and Path(args.model).exists():
         original = _original(args)
     if args.lengths is None and original is None:
-        raise RopeConfigError("with --endpoint, give --lengths (or --original, or a local MODEL folder to read it from)")
+        raise RopeConfigError(
+            "with --endpoint, give --lengths (or --original, or a local MODEL folder to read it from)"
+        )
     from ropepatch.evaluation.runner import default_lengths
 
     lengths = args.lengths or default_lengths(int(original))  # type: ignore[arg-type]
@@ -259,12 +287,15 @@ def _run_endpoint(args: argparse.Namespace) -> int:
             log(f"{length}: the text is too short for one window; skipped")
             continue
         with progress_bar(len(windows), f"{args.label} @ {length}", enabled=not args.no_progress) as advance:
-            point = perplexity_at_length(score, windows, method=args.label, length=length,
-                                         tail_fraction=args.tail, progress=advance)
+            point = perplexity_at_length(
+                score, windows, method=args.label, length=length, tail_fraction=args.tail, progress=advance
+            )
         points.append(point.to_dict())
         log(f"{args.label:>14} {length:>7}  loss {point.nll:.3f}  last quarter {point.tail_nll:.3f}")
     results = _header(args, text_name, len(ids), original, lengths, None) | {
-        "perplexity": points, "passkey": [], "variants": [{"label": args.label, "overrides": f"server at {args.endpoint}"}],
+        "perplexity": points,
+        "passkey": [],
+        "variants": [{"label": args.label, "overrides": f"server at {args.endpoint}"}],
         "seconds": round(time.time() - start, 1),
     }
     return _finish(args, results, original)

@@ -96,7 +96,9 @@ def _text(spec: Any, report: dict[str, Any]) -> str:
     lines = [f"source    {spec.source or '(in memory)'}"]
     if spec.model:
         lines.append(f"model     {spec.model}")
-    lines.append(f"method    {spec.method}{' (dynamic)' if spec.is_dynamic else ''}  [{spec.provenance.get('method', '')}]")
+    lines.append(
+        f"method    {spec.method}{' (dynamic)' if spec.is_dynamic else ''}  [{spec.provenance.get('method', '')}]"
+    )
     lines.append(f"formula   {method.formula}")
     p = report["params"]
     ctx = p["effective_context"]
@@ -108,7 +110,9 @@ def _text(spec: Any, report: dict[str, Any]) -> str:
     )
     if p["attention_factor"] is not None:
         at = f" at seq_len {p['seq_len']}" if "seq_len" in p else ""
-        lines.append(f"attention cos/sin x {p['attention_factor']:.10g}{at} (logits x {p['attention_factor'] * p['attention_factor']:.10g})")
+        lines.append(
+            f"attention cos/sin x {p['attention_factor']:.10g}{at} (logits x {p['attention_factor'] * p['attention_factor']:.10g})"
+        )
     if p["softmax_scale"] != 1.0:
         lines.append(f"softmax   scale x {p['softmax_scale']:.10g} over the whole head")
     lines.append("values")

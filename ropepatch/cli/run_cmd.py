@@ -41,9 +41,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_override_args(p)
     p.add_argument("--kernels", action="store_true", help="enable(kernels=True) in every process")
-    p.add_argument("--strict", action="store_true", help="enable(strict=True) everywhere: bad settings stop a process at start-up (status 2), a checkpoint whose RoPE cannot be served stops the model load")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="enable(strict=True) everywhere: bad settings stop a process at start-up (status 2), a checkpoint whose RoPE cannot be served stops the model load",
+    )
     p.add_argument("--runtimes", help="comma-separated adapters to install (default: all; see `ropepatch plugins`)")
-    p.add_argument("--log", metavar="LEVEL", help="ropepatch's log to stderr in every process (info shows each patched layer)")
+    p.add_argument(
+        "--log", metavar="LEVEL", help="ropepatch's log to stderr in every process (info shows each patched layer)"
+    )
     p.add_argument("--print-env", action="store_true", help="print the variables COMMAND would get and exit")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run")
     return p

@@ -40,7 +40,9 @@ def detect_rope(view: ConfigView) -> Finding | None:
     if method == "default":
         return f
     if view.get(k("scaling.factor")) is not None:
-        f.set("factor", number(view.get(k("scaling.factor")), view, k("scaling.factor")), view.where(k("scaling.factor")))
+        f.set(
+            "factor", number(view.get(k("scaling.factor")), view, k("scaling.factor")), view.where(k("scaling.factor"))
+        )
     if view.get(k("scaling.original_context_length")) is not None:
         key = k("scaling.original_context_length")
         f.set("original_max_position_embeddings", number(view.get(key), view, key, integer=True), view.where(key))

@@ -38,7 +38,9 @@ def _qwen1(view: ConfigView) -> Finding | None:
     seq_length = view.get("seq_length")
     if seq_length is None:
         raise RopeConfigError(
-            "Qwen-1 dynamic NTK needs 'seq_length' (the training length)", path=view.path, key=view.prefix + "seq_length"
+            "Qwen-1 dynamic NTK needs 'seq_length' (the training length)",
+            path=view.path,
+            key=view.prefix + "seq_length",
         )
     f = Finding("qwen-dynamic-ntk", detector="qwen1")
     f.provenance["method"] = view.where("use_dynamic_ntk")

@@ -46,7 +46,7 @@ def _from_rope_dict(
         if rd.get("factor") is not None:
             raise RopeConfigError(
                 "has a 'factor' but no 'type' or 'rope_type', so the scaling method is unknown; add "
-                "\"rope_type\": \"linear\" (or yarn, dynamic, ...) or pass method=...",
+                '"rope_type": "linear" (or yarn, dynamic, ...) or pass method=...',
                 path=view.path,
                 key=view.prefix + key,
             )

@@ -83,7 +83,11 @@ def _compare_row(
         return out
     diff = 0.0
     for i, w in enumerate(inv_ref):
-        diff = max(diff, abs(sin[i] - attention_ref * math.sin(position * w)), abs(cos[i] - attention_ref * math.cos(position * w)))
+        diff = max(
+            diff,
+            abs(sin[i] - attention_ref * math.sin(position * w)),
+            abs(cos[i] - attention_ref * math.cos(position * w)),
+        )
     out.update(row_position=position, row_max_abs_diff=diff, verdict="matches" if diff <= ROW_TOLERANCE else "wrong")
     return out
 
@@ -194,9 +198,15 @@ def _run_probe(
     entry["native"] = native
     adapter = get_registry().adapters.get(probe.adapter) if probe.adapter else None
     if adapter is None:
-        entry["with_ropepatch"] = {"verdict": "no-adapter", "error": f"ropepatch has no {probe.adapter or probe.name} adapter here"}
+        entry["with_ropepatch"] = {
+            "verdict": "no-adapter",
+            "error": f"ropepatch has no {probe.adapter or probe.name} adapter here",
+        }
     elif adapter.problem() is not None:
-        entry["with_ropepatch"] = {"verdict": "no-adapter", "error": f"the {adapter.name} adapter does not patch here: {adapter.problem()}"}
+        entry["with_ropepatch"] = {
+            "verdict": "no-adapter",
+            "error": f"the {adapter.name} adapter does not patch here: {adapter.problem()}",
+        }
     else:
         with _env_without_ropepatch(not use_env), ropepatch.enabled(runtimes=(adapter.name,), **overrides) as state:
             computed = _quiet(probe, config, n, True)

@@ -61,5 +61,7 @@ def fill_dims(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if not hidden:
         out["hidden_size"] = int(heads) * int(head_dim)
         notes.append(f"hidden_size {out['hidden_size']} filled")
-    notes.insert(0, "the config lacks some model dimensions; the probe fills small ones (inv_freq depends on the head size only)")
+    notes.insert(
+        0, "the config lacks some model dimensions; the probe fills small ones (inv_freq depends on the head size only)"
+    )
     return out, notes

@@ -63,9 +63,8 @@ def _stub_v3() -> types.ModuleType:
     # attributes of it at import time: an extension-looking spec, and a failing function per name
     module = types.ModuleType("exllamav3_ext")
     origin = "/nonexistent/exllamav3_ext" + importlib.machinery.EXTENSION_SUFFIXES[0]
-    module.__spec__ = importlib.machinery.ModuleSpec(
-        "exllamav3_ext", loader=importlib.machinery.BuiltinImporter, origin=origin  # type: ignore[arg-type]
-    )
+    loader: Any = importlib.machinery.BuiltinImporter  # any loader: the spec only has to look compiled
+    module.__spec__ = importlib.machinery.ModuleSpec("exllamav3_ext", loader=loader, origin=origin)
 
     def __getattr__(name: str) -> Any:
         if name.startswith("__"):

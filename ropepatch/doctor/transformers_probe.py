@@ -121,8 +121,11 @@ def rotary_class(cfg: Any) -> tuple[Any, Any]:
     except ImportError as exc:
         raise LookupError(f"no modeling module for {model_type!r}: {exc}") from None
     candidates = [
-        getattr(module, n) for n in dir(module)
-        if n.endswith("RotaryEmbedding") and isinstance(getattr(module, n), type) and getattr(module, n).__module__ == module.__name__
+        getattr(module, n)
+        for n in dir(module)
+        if n.endswith("RotaryEmbedding")
+        and isinstance(getattr(module, n), type)
+        and getattr(module, n).__module__ == module.__name__
     ]
     if not candidates:
         raise LookupError(f"{module_name} defines no RotaryEmbedding class")
@@ -134,8 +137,10 @@ def rotary_class(cfg: Any) -> tuple[Any, Any]:
     if chosen is None:
         chosen = sorted(candidates, key=lambda c: len(c.__name__))[0]
     bases = [
-        getattr(module, n) for n in dir(module)
-        if n.endswith("PreTrainedModel") and isinstance(getattr(module, n), type)
+        getattr(module, n)
+        for n in dir(module)
+        if n.endswith("PreTrainedModel")
+        and isinstance(getattr(module, n), type)
         and issubclass(getattr(module, n), PreTrainedModel)
     ]
     if not bases:

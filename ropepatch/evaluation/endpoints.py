@@ -42,7 +42,9 @@ def _post(url: str, payload: dict[str, Any], timeout: float, headers: dict[str, 
         hint = ""
         if "Out of range float values" in body:
             # vLLM cannot serialise NaN/inf: seen when positions run past the server's cos/sin cache
-            hint = " (the server computed NaN or infinite log-probabilities: is the prompt longer than its max_model_len?)"
+            hint = (
+                " (the server computed NaN or infinite log-probabilities: is the prompt longer than its max_model_len?)"
+            )
         elif "max_tokens must be at least 1" in body:
             # the completions API generates at least one token after the prompt
             hint = " (the window must be at least one token shorter than the server's max_model_len)"

@@ -95,7 +95,11 @@ def min_length(tok: Any, *, bos: int | None = None, digits: int = 5) -> int:
     head = (1 if bos is not None else 0) + len(_encode(tok, TASK))
     question = _encode(tok, QUESTION)
     full = _encode(tok, QUESTION + " " + key)
-    return head + len(_encode(tok, NEEDLE.format(key=key))) + len(full if full[: len(question)] == question else question + _encode(tok, " " + key))
+    return (
+        head
+        + len(_encode(tok, NEEDLE.format(key=key)))
+        + len(full if full[: len(question)] == question else question + _encode(tok, " " + key))
+    )
 
 
 def model_predictor(model: Any, device: Any = None) -> Callable[[list[int]], list[int]]:

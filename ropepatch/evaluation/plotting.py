@@ -37,13 +37,22 @@ def plot_perplexity(
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, name in ((axes[0], "nll", "whole window"), (axes[1], "tail_nll", "last quarter of the window")):
         for method in methods:
-            rows = sorted((p for p in points if p["method"] == method and p.get(key) is not None), key=lambda p: p["length"])
+            rows = sorted(
+                (p for p in points if p["method"] == method and p.get(key) is not None), key=lambda p: p["length"]
+            )
             if rows:
                 ax.plot([r["length"] for r in rows], [r[key] for r in rows], marker="o", label=method)
         if original:
             ax.axvline(original, color="grey", linestyle="--", linewidth=1)
-            ax.annotate("training context", (original, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(4, -12), textcoords="offset points", fontsize=8, color="grey")
+            ax.annotate(
+                "training context",
+                (original, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(4, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="grey",
+            )
         ax.set_xscale("log", base=2)
         lengths = sorted({p["length"] for p in points})
         ax.set_xticks(lengths)

@@ -199,8 +199,12 @@ def run_variants(
                 continue
             with progress_bar(len(windows), f"{variant.label} @ {length}", enabled=settings.progress) as advance:
                 point = perplexity_at_length(
-                    score, windows, method=variant.label, length=length,
-                    tail_fraction=settings.tail_fraction, progress=advance,
+                    score,
+                    windows,
+                    method=variant.label,
+                    length=length,
+                    tail_fraction=settings.tail_fraction,
+                    progress=advance,
                 )
             points.append(point.to_dict())
             log(f"{variant.label:>14} {length:>7}  loss {point.nll:.3f}  last quarter {point.tail_nll:.3f}")
@@ -212,8 +216,15 @@ def run_variants(
             total = len(plens) * len(settings.depths) * settings.trials
             with progress_bar(total, f"{variant.label} passkey", enabled=settings.progress) as advance:
                 rows = passkey_accuracy(
-                    model_predictor(model), tokenizer, method=variant.label, lengths=plens,
-                    depths=settings.depths, trials=settings.trials, seed=settings.seed, bos=bos, progress=advance,
+                    model_predictor(model),
+                    tokenizer,
+                    method=variant.label,
+                    lengths=plens,
+                    depths=settings.depths,
+                    trials=settings.trials,
+                    seed=settings.seed,
+                    bos=bos,
+                    progress=advance,
                 )
             keys.extend(r.to_dict() for r in rows)
         applied[-1]["seconds"] = round(time.time() - start, 2)

@@ -50,9 +50,7 @@ def _method(name: str) -> Any:
     return get_registry().method(name, source="--methods", key="method")
 
 
-def variants_for(
-    names: Iterable[str], *, original: int, target: int, factor: float | None = None
-) -> list[Variant]:
+def variants_for(names: Iterable[str], *, original: int, target: int, factor: float | None = None) -> list[Variant]:
     """Variants for method names (see the module docstring). ``factor`` overrides every factor."""
     out: list[Variant] = []
     for raw in names:

@@ -23,7 +23,9 @@ PTH_LINE = (
     f"import os; os.environ.get({ENV_AUTOENABLE!r}, '').strip().lower() in ('1', 'true', 'yes', 'on') "
     "and __import__('ropepatch.launcher.boot', fromlist=['autoenable']).autoenable()\n"
 )
-_HEADER = "# ropepatch: enables ropepatch at start-up when ROPEPATCH_AUTOENABLE=1 (ropepatch uninstall-pth removes it)\n"
+_HEADER = (
+    "# ropepatch: enables ropepatch at start-up when ROPEPATCH_AUTOENABLE=1 (ropepatch uninstall-pth removes it)\n"
+)
 
 
 def default_site_dir() -> Path:

@@ -99,7 +99,9 @@ def _view_of_json(path: Path) -> ConfigView:
     except UnicodeDecodeError as exc:
         raise RopeConfigError(f"config is not UTF-8 text ({exc.reason} at byte {exc.start})", path=str(path)) from None
     except json.JSONDecodeError as exc:
-        raise RopeConfigError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=str(path)) from None
+        raise RopeConfigError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=str(path)
+        ) from None
     except RecursionError:
         raise RopeConfigError("malformed JSON: nested too deeply", path=str(path)) from None
     except ValueError as exc:  # an integer literal beyond Python's int-from-string digit limit
@@ -115,7 +117,11 @@ def _view_of_json(path: Path) -> ConfigView:
 def _view_of_gguf(path: Path) -> ConfigView:
     data = read_gguf_metadata(path)
     view = ConfigView(data=data, path=str(path), kind="gguf", label=path.name)
-    names = [data[k] for k in ("general.name", "general.basename", "general.source.huggingface.repository") if isinstance(data.get(k), str)]
+    names = [
+        data[k]
+        for k in ("general.name", "general.basename", "general.source.huggingface.repository")
+        if isinstance(data.get(k), str)
+    ]
     view.names = tuple(dict.fromkeys((*names, *names_from_path(path))))
     return view
 

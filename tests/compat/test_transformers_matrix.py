@@ -21,7 +21,9 @@ LEGACY = "4.36.2"
 def test_legacy_transformers_passes_the_compat_tests():
     proc = subprocess.run(
         [sys.executable, str(REPO / "compat" / "run.py"), "--versions", LEGACY, "--no-table"],
-        capture_output=True, text=True, timeout=1500,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"transformers {LEGACY}: 6 passed" in proc.stdout

@@ -45,22 +45,34 @@ def test_inspect_seq_len_for_dynamic(capsys, checkpoints_dir):
 
 
 def test_inspect_overrides_and_bad_input(capsys, checkpoints_dir):
-    code, out, _ = run(capsys, "inspect", str(checkpoints_dir / "Qwen__Qwen2.5-7B-Instruct.json"), "--json",
-                       "--target-context", "131072")
+    code, out, _ = run(
+        capsys,
+        "inspect",
+        str(checkpoints_dir / "Qwen__Qwen2.5-7B-Instruct.json"),
+        "--json",
+        "--target-context",
+        "131072",
+    )
     assert code == 0 and json.loads(out)["params"]["factor"] == 4.0
     code, _, err = run(capsys, "inspect", str(checkpoints_dir / "Qwen__Qwen2.5-7B-Instruct.json"), "--method", "yran")
     assert code == 2 and "did you mean 'yarn'" in err and "Traceback" not in err
 
 
 def test_as_llama_cpp(capsys, checkpoints_dir):
-    code, out, _ = run(capsys, "inspect", str(checkpoints_dir / "NousResearch__Yarn-Llama-2-13b-128k.json"),
-                       "--as", "llama.cpp")
+    code, out, _ = run(
+        capsys, "inspect", str(checkpoints_dir / "NousResearch__Yarn-Llama-2-13b-128k.json"), "--as", "llama.cpp"
+    )
     assert code == 0
     assert "--rope-scaling yarn --rope-scale 32 --yarn-orig-ctx 4096" in out
     code, out, _ = run(capsys, "inspect", str(checkpoints_dir / "amazon__FalconLite.json"), "--as", "llama.cpp")
     assert code == 1 and "no llama.cpp equivalent" in out
-    code, out, _ = run(capsys, "inspect", str(checkpoints_dir / "bhenrym14__airoboros-33b-gpt4-1.4.1-PI-8192.json"),
-                       "--as", "llama.cpp")
+    code, out, _ = run(
+        capsys,
+        "inspect",
+        str(checkpoints_dir / "bhenrym14__airoboros-33b-gpt4-1.4.1-PI-8192.json"),
+        "--as",
+        "llama.cpp",
+    )
     assert "--rope-scaling linear --rope-scale 4" in out
 
 
@@ -68,8 +80,21 @@ def test_methods_table_has_every_method_with_a_formula(capsys):
     code, out, _ = run(capsys, "methods", "--json")
     rows = json.loads(out)
     names = {r["name"] for r in rows}
-    assert {"default", "linear", "ntk", "dynamic", "ntk-by-parts", "part-ntk", "yarn", "dynamic-yarn", "ntk-margin",
-            "ntk-yarn", "llama3", "longrope", "qwen-dynamic-ntk"} <= names
+    assert {
+        "default",
+        "linear",
+        "ntk",
+        "dynamic",
+        "ntk-by-parts",
+        "part-ntk",
+        "yarn",
+        "dynamic-yarn",
+        "ntk-margin",
+        "ntk-yarn",
+        "llama3",
+        "longrope",
+        "qwen-dynamic-ntk",
+    } <= names
     assert all(r["formula"] for r in rows)
 
 

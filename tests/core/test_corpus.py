@@ -26,14 +26,26 @@ EXPECTED = {
     "NousResearch__Yarn-Mistral-7b-128k.gguf": dict(method="yarn", factor=16.0, original=8192, context=131072),
     "Qwen__Qwen2.5-7B-Instruct": dict(method="default", theta=1e6),
     "Qwen__Qwen3-0.6B": dict(method="default", theta=1e6),
-    "deepseek-ai__DeepSeek-V2-Lite.gguf": dict(method="yarn", factor=40.0, original=4096, attention=1.0, softmax=1.5896261651208736),
-    "deepseek-ai__DeepSeek-V3": dict(method="yarn", factor=40.0, original=4096, attention=1.0, softmax=1.8738542070926265),
-    "deepseek-ai__DeepSeek-V3__inference-ModelArgs": dict(method="yarn", factor=40.0, original=4096, attention=1.0, softmax=1.8738542070926265),
-    "openai__gpt-oss__original-ModelConfig": dict(method="yarn", factor=32.0, original=4096, attention=1.3465735902799727, truncate=False),
-    "microsoft__Phi-3-vision-128k-instruct": dict(method="longrope", original=4096, context=131072, attention=math.sqrt(1 + math.log(32) / math.log(4096))),
+    "deepseek-ai__DeepSeek-V2-Lite.gguf": dict(
+        method="yarn", factor=40.0, original=4096, attention=1.0, softmax=1.5896261651208736
+    ),
+    "deepseek-ai__DeepSeek-V3": dict(
+        method="yarn", factor=40.0, original=4096, attention=1.0, softmax=1.8738542070926265
+    ),
+    "deepseek-ai__DeepSeek-V3__inference-ModelArgs": dict(
+        method="yarn", factor=40.0, original=4096, attention=1.0, softmax=1.8738542070926265
+    ),
+    "openai__gpt-oss__original-ModelConfig": dict(
+        method="yarn", factor=32.0, original=4096, attention=1.3465735902799727, truncate=False
+    ),
+    "microsoft__Phi-3-vision-128k-instruct": dict(
+        method="longrope", original=4096, context=131072, attention=math.sqrt(1 + math.log(32) / math.log(4096))
+    ),
     "microsoft__Phi-3.5-mini-instruct": dict(method="longrope", original=4096, attention=1.1902380714238083),
     "meta-llama__Llama-3.1-8B-Instruct": dict(method="llama3", factor=8.0, original=8192, theta=5e5, context=131072),
-    "lightonai__alfred-40b-1023": dict(method="ntk-yarn", factor=4.0, original=2048, attention=1.138629436111989, warn="custom code"),
+    "lightonai__alfred-40b-1023": dict(
+        method="ntk-yarn", factor=4.0, original=2048, attention=1.138629436111989, warn="custom code"
+    ),
 }
 
 
@@ -61,7 +73,9 @@ def test_corpus_checkpoint(stem, checkpoints_dir):
     if "dynamic" in exp:
         assert spec.is_dynamic is exp["dynamic"]
     if "attention" in exp:
-        assert spec.attention_factor(None if not spec.is_dynamic else 10**6) == pytest.approx(exp["attention"], rel=1e-12)
+        assert spec.attention_factor(None if not spec.is_dynamic else 10**6) == pytest.approx(
+            exp["attention"], rel=1e-12
+        )
     if "softmax" in exp:
         assert spec.softmax_scale == pytest.approx(exp["softmax"], rel=1e-12)
     if "truncate" in exp:

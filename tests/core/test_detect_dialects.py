@@ -27,23 +27,49 @@ def test_type_and_rope_type_are_the_same_dialect():
 
 
 def test_rope_parameters_v5_with_theta_and_partial_rotary():
-    spec = detect({**LLAMA, "rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0,
-                   "original_max_position_embeddings": 1024, "partial_rotary_factor": 0.5}})
+    spec = detect(
+        {
+            **LLAMA,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 5e5,
+                "factor": 4.0,
+                "original_max_position_embeddings": 1024,
+                "partial_rotary_factor": 0.5,
+            },
+        }
+    )
     assert (spec.method, spec.rope_theta, spec.rotary_dim) == ("yarn", 5e5, 32)
     assert spec.provenance["rope_theta"] == "dict:rope_parameters.rope_theta"
 
 
 def test_rope_parameters_nested_by_layer_type():
-    spec = detect({"model_type": "gemma3_text", "head_dim": 256, "max_position_embeddings": 131072,
-                   "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-                                       "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}})
+    spec = detect(
+        {
+            "model_type": "gemma3_text",
+            "head_dim": 256,
+            "max_position_embeddings": 131072,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        }
+    )
     assert (spec.method, spec.factor, spec.rope_theta) == ("linear", 8.0, 1e6)
     assert any("sliding_attention" in n for n in spec.notes)
 
 
 def test_text_config_nesting():
-    spec = detect({"model_type": "mistral3", "text_config": {**LLAMA, "rope_theta": 1e6,
-                   "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}}})
+    spec = detect(
+        {
+            "model_type": "mistral3",
+            "text_config": {
+                **LLAMA,
+                "rope_theta": 1e6,
+                "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+            },
+        }
+    )
     assert spec.method == "yarn" and spec.rope_theta == 1e6
     assert spec.provenance["factor"] == "dict:text_config.rope_scaling.factor"
 
@@ -56,16 +82,25 @@ def test_hunyuan_style_dynamic_alpha_is_fixed_ntk():
 def test_falcon_rw_and_qwen1_and_deepseek_dims():
     rw = detect({"model_type": "RefinedWeb", "n_embed": 8192, "n_head": 128})
     assert rw.rotary_dim == 64 and rw.rope_theta == 10000.0
-    q = detect({"model_type": "qwen", "kv_channels": 128, "seq_length": 8192, "use_dynamic_ntk": True,
-                "use_logn_attn": True, "rotary_emb_base": 10000})
+    q = detect(
+        {
+            "model_type": "qwen",
+            "kv_channels": 128,
+            "seq_length": 8192,
+            "use_dynamic_ntk": True,
+            "use_logn_attn": True,
+            "rotary_emb_base": 10000,
+        }
+    )
     assert q.method == "qwen-dynamic-ntk" and q.needs_query_scaling and q.rotary_dim == 128
     neox = detect({"model_type": "gpt_neox", "hidden_size": 512, "num_attention_heads": 8, "rotary_pct": 0.25})
     assert neox.rotary_dim == 16
 
 
 def test_dynamic_L0_prefers_original():
-    spec = detect({**LLAMA, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0,
-                   "original_max_position_embeddings": 2048}})
+    spec = detect(
+        {**LLAMA, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 2048}}
+    )
     L0 = RopeSpec("dynamic", rotary_dim=64, factor=2.0, max_position_embeddings=2048)
     assert spec.compute(3000)[0] == L0.compute(3000)[0]
 
@@ -103,10 +138,19 @@ def test_checkpoint_folder_with_config(tmp_path):
 
 def test_transformers_config_object():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=4096,
-                                   rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5,
-                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                                    "original_max_position_embeddings": 1024})
+    cfg = transformers.LlamaConfig(
+        hidden_size=256,
+        num_attention_heads=4,
+        max_position_embeddings=4096,
+        rope_parameters={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "rope_theta": 5e5,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 1024,
+        },
+    )
     spec = detect(cfg)
     assert (spec.method, spec.effective_factor, spec.rope_theta, spec.rotary_dim) == ("llama3", 8.0, 5e5, 64)
 
@@ -121,8 +165,18 @@ def test_unknown_method_lists_known_and_closest():
 
 def test_missing_required_key_names_key_and_file(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({**LLAMA, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 32,
-                                                          "original_max_position_embeddings": 4096}}))
+    path.write_text(
+        json.dumps(
+            {
+                **LLAMA,
+                "rope_scaling": {
+                    "type": "longrope",
+                    "short_factor": [1.0] * 32,
+                    "original_max_position_embeddings": 4096,
+                },
+            }
+        )
+    )
     with pytest.raises(RopeConfigError) as e:
         detect(path)
     assert str(path) in str(e.value) and "long_factor" in str(e.value)
@@ -166,9 +220,13 @@ def test_factor_without_type_is_an_error():
 
 def test_contradiction_warns_which_value_wins():
     with pytest.warns(ropepatch.RopepatchWarning, match="factor 4 is used"):
-        spec = ropepatch.detect({**LLAMA, "max_position_embeddings": 16384,
-                                 "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
-                                                  "original_max_position_embeddings": 2048}})
+        spec = ropepatch.detect(
+            {
+                **LLAMA,
+                "max_position_embeddings": 16384,
+                "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048},
+            }
+        )
     assert spec.effective_context == 8192
 
 

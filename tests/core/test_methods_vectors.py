@@ -21,44 +21,68 @@ BUILDERS = {
     "linear": lambda p: RopeSpec("linear", rope_theta=p["base"], rotary_dim=p["d"], factor=p["factor"]),
     "ntk_fixed_alpha": lambda p: RopeSpec("ntk", rope_theta=p["base"], rotary_dim=p["d"], params={"alpha": p["alpha"]}),
     "dynamic_ntk_alpha_slope": lambda p: RopeSpec(
-        "dynamic", rope_theta=p["base"], rotary_dim=p["d"], factor=p["factor"],
+        "dynamic",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
+        factor=p["factor"],
         max_position_embeddings=p["max_position_embeddings"],
     ),
     "dynamic_ntk_ratio_unclamped": lambda p: RopeSpec(
-        "dynamic-ntk-unclamped", rope_theta=p["base"], rotary_dim=p["d"],
+        "dynamic-ntk-unclamped",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
     ),
     "qwen1_dynamic_ntk": lambda p: RopeSpec(
-        "qwen-dynamic-ntk", rope_theta=p["base"], rotary_dim=p["d"],
-        original_max_position_embeddings=p["seq_length"], params={"use_logn_attn": True},
+        "qwen-dynamic-ntk",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
+        original_max_position_embeddings=p["seq_length"],
+        params={"use_logn_attn": True},
     ),
     "ntk_by_parts_3way": lambda p: RopeSpec(
-        "part-ntk", rope_theta=p["base"], rotary_dim=p["d"], factor=p["factor"],
+        "part-ntk",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
+        factor=p["factor"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
         params={k: p[k] for k in ("beta_0", "beta_1", "gamma_0", "gamma_1", "ntk_factor", "extrapolation_factor")},
     ),
     "yarn": lambda p: RopeSpec(
-        "yarn", rope_theta=p["base"], rotary_dim=p["d"], factor=p["factor"],
+        "yarn",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
+        factor=p["factor"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
         params={k: p[k] for k in ("beta_fast", "beta_slow", "truncate")},
     ),
     "yarn_deepseek": lambda p: RopeSpec(
-        "yarn", rope_theta=p["base"], rotary_dim=p["d"], factor=p["factor"],
+        "yarn",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
+        factor=p["factor"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
         params={k: p[k] for k in ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")},
     ),
     "dynamic_yarn_not_finetuned": lambda p: RopeSpec(
-        "dynamic-yarn", rope_theta=p["base"], rotary_dim=p["d"],
+        "dynamic-yarn",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
         params={"beta_fast": p["beta_fast"], "beta_slow": p["beta_slow"], "finetuned": False},
     ),
     "llama3": lambda p: RopeSpec(
-        "llama3", rope_theta=p["base"], rotary_dim=p["d"], factor=p["factor"],
+        "llama3",
+        rope_theta=p["base"],
+        rotary_dim=p["d"],
+        factor=p["factor"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
         params={"low_freq_factor": p["low_freq_factor"], "high_freq_factor": p["high_freq_factor"]},
     ),
     "longrope_attention_factor": lambda p: RopeSpec(
-        "longrope", rotary_dim=2, factor=p["factor"],
+        "longrope",
+        rotary_dim=2,
+        factor=p["factor"],
         original_max_position_embeddings=p["original_max_position_embeddings"],
         params={"short_factor": [1.0], "long_factor": [1.0]},
     ),
@@ -125,8 +149,13 @@ def test_phi35_longrope_long_factors(checkpoints_dir, vectors):
     cfg = json.loads((checkpoints_dir / "microsoft__Phi-3.5-mini-instruct.json").read_text())
     rs = cfg["rope_scaling"]
     spec = RopeSpec(
-        "longrope", rope_theta=10000.0, rotary_dim=96, factor=32.0, original_max_position_embeddings=4096,
-        max_position_embeddings=131072, params={"short_factor": rs["short_factor"], "long_factor": rs["long_factor"]},
+        "longrope",
+        rope_theta=10000.0,
+        rotary_dim=96,
+        factor=32.0,
+        original_max_position_embeddings=4096,
+        max_position_embeddings=131072,
+        params={"short_factor": rs["short_factor"], "long_factor": rs["long_factor"]},
     )
     inv, attention = spec.compute(4097)
     assert inv[0] == pytest.approx(case["expected"]["inv_freq[0]"], rel=TOL)
@@ -148,8 +177,9 @@ def test_dynamic_methods_below_at_and_above_L0():
     assert above[63] == pytest.approx(b ** (-126 / 128), rel=1e-12)
     # the initial state (seq_len None) is the L0 state
     assert dyn.compute(None)[0] == pytest.approx(base, rel=TOL)
-    dyarn = RopeSpec("dynamic-yarn", rotary_dim=128, original_max_position_embeddings=4096,
-                     factor=4.0, params={"finetuned": True})
+    dyarn = RopeSpec(
+        "dynamic-yarn", rotary_dim=128, original_max_position_embeddings=4096, factor=4.0, params={"finetuned": True}
+    )
     # finetuned: never below the fine-tuned factor, so short inputs already use s = 4
     static = RopeSpec("yarn", rotary_dim=128, factor=4.0, original_max_position_embeddings=4096).compute()
     assert dyarn.compute(100) == (pytest.approx(static[0], rel=TOL), pytest.approx(static[1], rel=TOL))

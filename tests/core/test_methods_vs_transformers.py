@@ -61,8 +61,13 @@ def test_yarn_matches_transformers(d, theta, factor, extra):
     rp = {"rope_type": "yarn", "rope_theta": theta, "factor": factor, "original_max_position_embeddings": 4096, **extra}
     ref_inv, ref_att = hf(rp, d, int(4096 * factor))
     spec = RopeSpec(
-        "yarn", rope_theta=theta, rotary_dim=d, factor=factor, original_max_position_embeddings=4096,
-        max_position_embeddings=int(4096 * factor), params=extra,
+        "yarn",
+        rope_theta=theta,
+        rotary_dim=d,
+        factor=factor,
+        original_max_position_embeddings=4096,
+        max_position_embeddings=int(4096 * factor),
+        params=extra,
     )
     inv, att = spec.frequencies()
     torch.testing.assert_close(inv, ref_inv, rtol=RTOL_BLEND, atol=0)
@@ -91,15 +96,31 @@ def test_dynamic_matches_transformers(seq_len, factor):
 
 @pytest.mark.parametrize(
     "d,theta,factor,low,high,orig",
-    [(128, 5e5, 8.0, 1.0, 4.0, 8192), (64, 5e5, 32.0, 1.0, 4.0, 8192), (128, 1e4, 4.0, 1.0, 4.0, 4096),
-     (128, 5e5, 16.0, 2.0, 8.0, 8192)],
+    [
+        (128, 5e5, 8.0, 1.0, 4.0, 8192),
+        (64, 5e5, 32.0, 1.0, 4.0, 8192),
+        (128, 1e4, 4.0, 1.0, 4.0, 4096),
+        (128, 5e5, 16.0, 2.0, 8.0, 8192),
+    ],
 )
 def test_llama3_matches_transformers(d, theta, factor, low, high, orig):
-    rp = {"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": low,
-          "high_freq_factor": high, "original_max_position_embeddings": orig}
+    rp = {
+        "rope_type": "llama3",
+        "rope_theta": theta,
+        "factor": factor,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": orig,
+    }
     ref_inv, ref_att = hf(rp, d, 131072)
-    spec = RopeSpec("llama3", rope_theta=theta, rotary_dim=d, factor=factor, original_max_position_embeddings=orig,
-                    params={"low_freq_factor": low, "high_freq_factor": high})
+    spec = RopeSpec(
+        "llama3",
+        rope_theta=theta,
+        rotary_dim=d,
+        factor=factor,
+        original_max_position_embeddings=orig,
+        params={"low_freq_factor": low, "high_freq_factor": high},
+    )
     inv, att = spec.frequencies()
     torch.testing.assert_close(inv, ref_inv, rtol=RTOL, atol=0)
     assert att == ref_att
@@ -111,13 +132,24 @@ def test_longrope_matches_transformers(seq_len, factor):
     g = torch.Generator().manual_seed(0)
     short = (1 + torch.rand(48, generator=g)).tolist()
     long = (1 + 10 * torch.rand(48, generator=g)).tolist()
-    rp = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": short, "long_factor": long,
-          "original_max_position_embeddings": 4096}
+    rp = {
+        "rope_type": "longrope",
+        "rope_theta": 1e4,
+        "short_factor": short,
+        "long_factor": long,
+        "original_max_position_embeddings": 4096,
+    }
     if factor is not None:
         rp["factor"] = factor
     ref_inv, ref_att = hf(rp, 96, 131072, seq_len=seq_len)
-    spec = RopeSpec("longrope", rotary_dim=96, factor=factor, original_max_position_embeddings=4096,
-                    max_position_embeddings=131072, params={"short_factor": short, "long_factor": long})
+    spec = RopeSpec(
+        "longrope",
+        rotary_dim=96,
+        factor=factor,
+        original_max_position_embeddings=4096,
+        max_position_embeddings=131072,
+        params={"short_factor": short, "long_factor": long},
+    )
     inv, att = spec.frequencies(seq_len=seq_len)
     torch.testing.assert_close(inv, ref_inv, rtol=RTOL, atol=0)
     assert att == pytest.approx(ref_att, rel=1e-12)
@@ -141,8 +173,15 @@ def test_frequencies_contract():
 @pytest.mark.parametrize("factor", [2.0, 4.0, 32.0])
 def test_ntk_by_parts_is_yarn_without_temperature(factor):
     """The YaRN paper's 2-way NTK-by-parts = transformers' yarn with attention_factor 1."""
-    rp = {"rope_type": "yarn", "rope_theta": 1e4, "factor": factor, "original_max_position_embeddings": 2048,
-          "attention_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    rp = {
+        "rope_type": "yarn",
+        "rope_theta": 1e4,
+        "factor": factor,
+        "original_max_position_embeddings": 2048,
+        "attention_factor": 1.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+    }
     ref_inv, ref_att = hf(rp, 128, int(2048 * factor))
     spec = RopeSpec("ntk-by-parts", rotary_dim=128, factor=factor, original_max_position_embeddings=2048)
     inv, att = spec.frequencies()

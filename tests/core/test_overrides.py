@@ -10,11 +10,23 @@ import ropepatch
 from ropepatch import RopeConfigError
 from ropepatch.overrides import parse_overrides
 
-YARN = {"model_type": "llama", "head_dim": 64, "hidden_size": 128, "num_attention_heads": 2,
-        "max_position_embeddings": 16384,
-        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}}
-PLAIN = {"model_type": "qwen2", "head_dim": 64, "hidden_size": 128, "num_attention_heads": 2,
-         "max_position_embeddings": 32768, "rope_theta": 1e6, "_name_or_path": "Qwen/Qwen2.5-7B-Instruct"}
+YARN = {
+    "model_type": "llama",
+    "head_dim": 64,
+    "hidden_size": 128,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 16384,
+    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+}
+PLAIN = {
+    "model_type": "qwen2",
+    "head_dim": 64,
+    "hidden_size": 128,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1e6,
+    "_name_or_path": "Qwen/Qwen2.5-7B-Instruct",
+}
 
 
 def detect(data, **kw):
@@ -31,7 +43,9 @@ def test_explicit_beats_env_beats_metadata(monkeypatch):
     explicit = detect(YARN, factor=2.0)
     assert explicit.effective_factor == 2.0 and explicit.provenance["factor"] == "explicit"
     assert explicit.effective_original == 4096  # untouched values keep their metadata provenance
-    assert explicit.provenance["original_max_position_embeddings"].endswith("rope_scaling.original_max_position_embeddings")
+    assert explicit.provenance["original_max_position_embeddings"].endswith(
+        "rope_scaling.original_max_position_embeddings"
+    )
 
 
 def test_env_beats_known_table(monkeypatch, checkpoints_dir):

@@ -56,7 +56,8 @@ def installed(tmp_path_factory) -> Path:
     """The example plugin and a plugin that raises at import, pip-installed into a target folder."""
     target = tmp_path_factory.mktemp("site")
     broken = tmp_path_factory.mktemp("broken")
-    (broken / "pyproject.toml").write_text(textwrap.dedent("""
+    (broken / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -65,13 +66,26 @@ def installed(tmp_path_factory) -> Path:
         version = "9.9"
         [project.entry-points.ropepatch]
         broken = "ropepatch_broken_example"
-    """))
+    """)
+    )
     (broken / "ropepatch_broken_example.py").write_text("raise RuntimeError('this plugin is broken on purpose')\n")
     for src in (EXAMPLE, broken):
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-             str(target), str(src)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(target),
+                str(src),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
     return target
 
@@ -89,8 +103,16 @@ def test_example_plugin_end_to_end(installed, tmp_path):
     assert "vllm-ntk" in names
 
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "num_attention_heads": 2,
-                               "rope_scaling": {"type": "ntk_mixed", "factor": 4.0}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 256,
+                "num_attention_heads": 2,
+                "rope_scaling": {"type": "ntk_mixed", "factor": 4.0},
+            }
+        )
+    )
     out = _cli(installed, "inspect", str(cfg), "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

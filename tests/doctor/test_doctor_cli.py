@@ -24,8 +24,20 @@ def test_text_report_for_legacy_phi3(corpus, capsys):
 
 
 def test_json_report_and_overrides(corpus, capsys):
-    assert main(["doctor", str(corpus / "meta-llama__Llama-3.1-8B-Instruct.json"), "--json", "--method", "linear",
-                 "--factor", "8"]) == 0
+    assert (
+        main(
+            [
+                "doctor",
+                str(corpus / "meta-llama__Llama-3.1-8B-Instruct.json"),
+                "--json",
+                "--method",
+                "linear",
+                "--factor",
+                "8",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "linear"
     # transformers alone builds llama3 from the config, which is not the linear spec asked for
@@ -46,7 +58,10 @@ def test_fill_dims():
     assert filled["head_dim"] == 96
     filled, notes = fill_dims({"num_attention_heads": 128, "qk_rope_head_dim": 64})
     assert "head_dim" not in filled and filled["hidden_size"] == 128 * 64
-    assert fill_dims({"hidden_size": 4096, "num_attention_heads": 32}) == ({"hidden_size": 4096, "num_attention_heads": 32}, [])
+    assert fill_dims({"hidden_size": 4096, "num_attention_heads": 32}) == (
+        {"hidden_size": 4096, "num_attention_heads": 32},
+        [],
+    )
 
 
 class FormulaProbe:

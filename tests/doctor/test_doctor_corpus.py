@@ -76,7 +76,9 @@ def test_phi3_su_fails_alone_and_loads_longrope_with_ropepatch(corpus):
     # LongRoPE past the original context: inv_freq[i] = 1 / (long_factor[i] * base^(2i/d))
     for i in (0, 10, len(long_factor) - 1):
         assert fixed.inv_freq[i] == pytest.approx(1 / (long_factor[i] * 10000 ** (2 * i / d)), rel=1e-6)
-    assert fixed.attention_factor == pytest.approx(vector("longrope_attention_s32_orig4096")["attention_factor"], rel=1e-7)
+    assert fixed.attention_factor == pytest.approx(
+        vector("longrope_attention_s32_orig4096")["attention_factor"], rel=1e-7
+    )
 
 
 def test_airophin_is_plain_rope_alone_and_3way_partial_ntk_with_ropepatch(corpus):

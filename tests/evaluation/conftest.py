@@ -18,6 +18,8 @@ from eval_tiny import make_tiny_llama  # noqa: E402
 
 # tiny models: one thread avoids two contending threads on the 2-core CI machine
 torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model saved with a byte-level tokenizer, as a checkpoint folder."""

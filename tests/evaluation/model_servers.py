@@ -100,12 +100,22 @@ class VLLMHandler(_Handler):
                 for t, lp, r in zip(ids[1:], lps, ranks, strict=True)
             ]
         choice = {
-            "index": 0, "text": chr(nxt), "logprobs": None, "finish_reason": "length", "stop_reason": None,
+            "index": 0,
+            "text": chr(nxt),
+            "logprobs": None,
+            "finish_reason": "length",
+            "stop_reason": None,
             "prompt_logprobs": prompt_logprobs,
         }
         usage = {"prompt_tokens": len(ids), "total_tokens": len(ids) + 1, "completion_tokens": 1}
-        return 200, {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": self.served_name,
-                     "choices": [choice], "usage": usage}
+        return 200, {
+            "id": "cmpl-test",
+            "object": "text_completion",
+            "created": 0,
+            "model": self.served_name,
+            "choices": [choice],
+            "usage": usage,
+        }
 
 
 @contextmanager

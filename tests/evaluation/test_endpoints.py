@@ -32,9 +32,30 @@ def local_points(model, ids, lengths):
 def test_openai_cli_matches_the_local_model(model, text_file, tmp_path):
     ids = list(text_file.read_bytes())
     with serve(VLLMHandler, model) as (url, requests):
-        rc = main(["eval", "--endpoint", url, "--api", "openai", "--served-model", "tiny", "--byte-level",
-                   "--text", str(text_file), "--lengths", "32,64", "--windows", "2", "--out", str(tmp_path),
-                   "--no-progress", "--no-plots", "--label", "vllm"])
+        rc = main(
+            [
+                "eval",
+                "--endpoint",
+                url,
+                "--api",
+                "openai",
+                "--served-model",
+                "tiny",
+                "--byte-level",
+                "--text",
+                str(text_file),
+                "--lengths",
+                "32,64",
+                "--windows",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--no-plots",
+                "--label",
+                "vllm",
+            ]
+        )
     assert rc == 0
     assert requests[0]["path"] == "/v1/completions"
     assert requests[0]["body"]["prompt"] == ids[:32] and requests[0]["body"]["prompt_logprobs"] == 0
@@ -68,8 +89,26 @@ def test_tgi_matches_the_local_model(model, text_file, use_client):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tgi_cli(model, text_file, tmp_path):
     with serve(TGIHandler, model) as (url, _):
-        rc = main(["eval", "--endpoint", url, "--api", "tgi", "--byte-level", "--text", str(text_file),
-                   "--lengths", "48", "--windows", "1", "--out", str(tmp_path), "--no-progress", "--no-plots"])
+        rc = main(
+            [
+                "eval",
+                "--endpoint",
+                url,
+                "--api",
+                "tgi",
+                "--byte-level",
+                "--text",
+                str(text_file),
+                "--lengths",
+                "48",
+                "--windows",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--no-plots",
+            ]
+        )
     assert rc == 0
     (point,) = json.loads((tmp_path / "results.json").read_text())["perplexity"]
     assert point["method"] == "endpoint" and point["tokens"] == 47

@@ -43,11 +43,31 @@ def test_patch_strategy_applies_each_method_and_restores_plain_rope(tiny_dir):
 
 def test_cli_writes_tables_plots_and_matches_transformers_loss(tiny_dir, text_file, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main([
-        "eval", str(tiny_dir), "--byte-level", "--text", str(text_file), "--methods", "default,linear,dynamic,yarn",
-        "--lengths", "32,64", "--windows", "2", "--passkey", "--passkey-lengths", "256", "--depths", "0,1",
-        "--trials", "1", "--out", str(out), "--no-progress",
-    ])
+    rc = main(
+        [
+            "eval",
+            str(tiny_dir),
+            "--byte-level",
+            "--text",
+            str(text_file),
+            "--methods",
+            "default,linear,dynamic,yarn",
+            "--lengths",
+            "32,64",
+            "--windows",
+            "2",
+            "--passkey",
+            "--passkey-lengths",
+            "256",
+            "--depths",
+            "0,1",
+            "--trials",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["original_context"] == L0
@@ -76,8 +96,21 @@ def test_cli_writes_tables_plots_and_matches_transformers_loss(tiny_dir, text_fi
 
 
 def test_reload_strategy_gives_the_same_numbers(tiny_dir, text_file, tmp_path):
-    args = ["eval", str(tiny_dir), "--byte-level", "--text", str(text_file), "--methods", "yarn,default",
-            "--lengths", "64", "--windows", "2", "--no-progress", "--no-plots"]
+    args = [
+        "eval",
+        str(tiny_dir),
+        "--byte-level",
+        "--text",
+        str(text_file),
+        "--methods",
+        "yarn,default",
+        "--lengths",
+        "64",
+        "--windows",
+        "2",
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--strategy", "reload"]) == 0
     a = json.loads((tmp_path / "a" / "results.json").read_text())["perplexity"]

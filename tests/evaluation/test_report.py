@@ -16,11 +16,25 @@ def results():
     for method, base in (("default", 1.3), ("yarn", 1.35)):
         for length, grow in ((128, 0.0), (256, 0.8), (512, 2.0)):
             nll = base + (grow if method == "default" else grow / 10)
-            ppl.append({"method": method, "length": length, "windows": 2, "tokens": 2 * (length - 1), "nll": nll,
-                        "ppl": math.exp(nll), "tail_tokens": length // 2, "tail_nll": nll + 0.1,
-                        "tail_ppl": math.exp(nll + 0.1)})
-    keys = [{"method": m, "length": n, "depth": d, "trials": 2, "correct": c, "accuracy": c / 2}
-            for m, c in (("default", 0), ("yarn", 2)) for n in (256, 512) for d in (0.0, 1.0)]
+            ppl.append(
+                {
+                    "method": method,
+                    "length": length,
+                    "windows": 2,
+                    "tokens": 2 * (length - 1),
+                    "nll": nll,
+                    "ppl": math.exp(nll),
+                    "tail_tokens": length // 2,
+                    "tail_nll": nll + 0.1,
+                    "tail_ppl": math.exp(nll + 0.1),
+                }
+            )
+    keys = [
+        {"method": m, "length": n, "depth": d, "trials": 2, "correct": c, "accuracy": c / 2}
+        for m, c in (("default", 0), ("yarn", 2))
+        for n in (256, 512)
+        for d in (0.0, 1.0)
+    ]
     return {"perplexity": ppl, "passkey": keys, "variants": []}
 
 

@@ -9,13 +9,25 @@ from ropepatch.evaluation.variants import Variant, merge_variants, parse_variant
 
 
 def test_static_methods_get_target_over_original_dynamic_their_own():
-    v = {x.label: x.overrides for x in variants_for(["default", "linear", "ntk", "yarn", "dynamic", "dynamic-yarn", "auto"], original=128, target=1024)}
+    v = {
+        x.label: x.overrides
+        for x in variants_for(
+            ["default", "linear", "ntk", "yarn", "dynamic", "dynamic-yarn", "auto"], original=128, target=1024
+        )
+    }
     assert v["default"] == {"method": "default"}
     assert v["auto"] == {}
     for name in ("linear", "ntk", "yarn"):
-        assert v[name] == {"method": name, "original_max_position_embeddings": 128, "factor": 8.0, "max_position_embeddings": 1024}
+        assert v[name] == {
+            "method": name,
+            "original_max_position_embeddings": 128,
+            "factor": 8.0,
+            "max_position_embeddings": 1024,
+        }
     assert v["dynamic"] == {"method": "dynamic", "original_max_position_embeddings": 128, "factor": 2.0}
-    assert v["dynamic-yarn"]["method"] == "dynamic-yarn" and v["dynamic-yarn"]["original_max_position_embeddings"] == 128
+    assert (
+        v["dynamic-yarn"]["method"] == "dynamic-yarn" and v["dynamic-yarn"]["original_max_position_embeddings"] == 128
+    )
 
 
 def test_aliases_keep_their_label_and_factor_overrides_all():

@@ -28,5 +28,3 @@ def ropepatch_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | Non
         text=True,
         timeout=timeout,
     )
-
-

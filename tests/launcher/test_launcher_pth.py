@@ -11,8 +11,7 @@ from launcher_helpers import clean_env, ropepatch_cli
 from ropepatch.launcher.pth import PTH_NAME
 
 PROGRAM = (
-    "import ropepatch.runtime as rt; st = rt.current();"
-    "print(rt.is_enabled(), st and [o.to_env() for o in st.env])"
+    "import ropepatch.runtime as rt; st = rt.current();print(rt.is_enabled(), st and [o.to_env() for o in st.env])"
 )
 
 
@@ -25,7 +24,9 @@ def test_pth_enables_only_when_asked_and_uninstalls(tmp_path):
     ).stdout.strip()
 
     def run(**extra):
-        out = subprocess.run([python, "-c", PROGRAM], env=clean_env(**extra), capture_output=True, text=True, cwd=tmp_path)
+        out = subprocess.run(
+            [python, "-c", PROGRAM], env=clean_env(**extra), capture_output=True, text=True, cwd=tmp_path
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
@@ -39,7 +40,9 @@ def test_pth_enables_only_when_asked_and_uninstalls(tmp_path):
     assert run(ROPEPATCH_AUTOENABLE="0") == "False None"
     assert run(ROPEPATCH_AUTOENABLE="1", ROPEPATCH="ntk:alpha=2") == "True ['ntk:alpha=2.0']"
     # the system interpreter (another site-packages) is untouched
-    out = subprocess.run([sys.executable, "-c", PROGRAM], env=clean_env(ROPEPATCH_AUTOENABLE="1"), capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROGRAM], env=clean_env(ROPEPATCH_AUTOENABLE="1"), capture_output=True, text=True
+    )
     assert out.stdout.strip() == "False None"
 
     proc = ropepatch_cli("uninstall-pth", "--site", site)

@@ -13,7 +13,7 @@ from ropepatch.launcher import BOOTSTRAP_DIR
 
 # Each process reports what it sees. It asks ropepatch for the spec of a small Llama config under
 # the inherited overrides, so "same overrides" means the same resolved numbers, not just a string.
-REPORT = r'''
+REPORT = r"""
 import json, os, sys
 import sitecustomize
 import ropepatch.runtime as rt
@@ -30,15 +30,20 @@ def report(role):
     out["bootstrap_on_path"] = os.environ.get("PYTHONPATH", "").split(os.pathsep).count(sys.argv[1])
     with open(sys.argv[2], "a") as f:
         f.write(json.dumps(out) + "\n")
-'''
+"""
 
-SHARD = REPORT + r'''
+SHARD = (
+    REPORT
+    + r"""
 report("shard " + sys.argv[3])
-'''
+"""
+)
 
 # The launched program: starts shards the ways servers do (directly, through a non-Python
 # parent as TGI's Rust launcher does, and with multiprocessing's spawn as vLLM's engine core).
-LAUNCHER = REPORT + r'''
+LAUNCHER = (
+    REPORT
+    + r"""
 import multiprocessing as mp, subprocess
 
 def spawned(bootstrap, log):
@@ -56,7 +61,8 @@ if __name__ == "__main__":
     child = ctx.Process(target=spawned, args=(sys.argv[1], sys.argv[2]))
     child.start(); child.join()
     assert child.exitcode == 0
-'''
+"""
+)
 
 
 def _write_programs(tmp_path: Path) -> tuple[Path, Path]:
@@ -173,7 +179,17 @@ def test_a_process_can_opt_out_and_strict_children_stop_on_bad_settings(tmp_path
 
 def test_print_env_shows_what_the_command_gets(tmp_path):
     proc = ropepatch_cli(
-        "run", "--method", "yarn", "--factor", "4", "--kernels", "--runtimes", "vllm,tgi", "--log", "info", "--print-env"
+        "run",
+        "--method",
+        "yarn",
+        "--factor",
+        "4",
+        "--kernels",
+        "--runtimes",
+        "vllm,tgi",
+        "--log",
+        "info",
+        "--print-env",
     )
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split("=", 1) for line in proc.stdout.splitlines())

@@ -25,13 +25,19 @@ HEAD = 64  # hidden 512 / 8 heads
 
 def llama(rope: dict | None, max_pos: int = 4096, **kw) -> LlamaConfig:
     params = {"rope_theta": 10000.0, **(rope or {"rope_type": "default"})}
-    return LlamaConfig(hidden_size=512, num_attention_heads=8, max_position_embeddings=max_pos, rope_parameters=params, **kw)
+    return LlamaConfig(
+        hidden_size=512, num_attention_heads=8, max_position_embeddings=max_pos, rope_parameters=params, **kw
+    )
 
 
 def reference_table(config: LlamaConfig, rows: int, seq_len: int | None = None):
     """cos, sin from transformers' own init function for the config's rope type (float32 angles)."""
     kind = config.rope_parameters["rope_type"]
-    inv, attention = ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len=seq_len) if kind == "dynamic" else ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    inv, attention = (
+        ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len=seq_len)
+        if kind == "dynamic"
+        else ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    )
     freqs = torch.outer(torch.arange(rows, dtype=torch.float32), inv.float())
     return freqs.cos() * attention, freqs.sin() * attention
 
@@ -105,7 +111,10 @@ def test_what_stays_with_tgi(state):
     assert plan_static(state, llama(None), HEAD, 10000.0) is None
     # multimodal sections (Qwen2-VL's mrope)
     qwen_vl = llama({"rope_type": "default"})
-    assert plan_static(state, qwen_vl, HEAD, 10000.0, tgi_rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}) is None
+    assert (
+        plan_static(state, qwen_vl, HEAD, 10000.0, tgi_rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]})
+        is None
+    )
 
 
 def test_the_callers_base_wins_over_the_config(state):

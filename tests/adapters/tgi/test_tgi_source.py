@@ -26,7 +26,9 @@ SOURCE = Path(os.environ.get("ROPEPATCH_TGI_SOURCE", "/tmp/tgi"))
     not (SOURCE / "server" / "text_generation_server" / "layers" / "rotary.py").is_file(),
     reason=f"no TGI source checkout at {SOURCE} (set ROPEPATCH_TGI_SOURCE; TGI is not on the package registries)",
 )
-@pytest.mark.skipif(importlib.util.find_spec("loguru") is None, reason="TGI's rotary.py imports loguru, not installed here")
+@pytest.mark.skipif(
+    importlib.util.find_spec("loguru") is None, reason="TGI's rotary.py imports loguru, not installed here"
+)
 def test_tgi_rotary_on_cpu(tmp_path):
     out = tmp_path / "tgi.json"
     proc = subprocess.run(

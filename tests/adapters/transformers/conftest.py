@@ -54,5 +54,7 @@ def run_fresh(code: str, timeout: int = 300) -> Any:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT)
     )
     if proc.returncode != 0:
-        raise AssertionError(f"fresh interpreter failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"fresh interpreter failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])

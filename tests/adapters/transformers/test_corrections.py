@@ -17,7 +17,16 @@ torch = pytest.importorskip("torch")
 NATIVE = [
     ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0}),
     ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0, "truncate": False}),
-    ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": L0}),
+    (
+        "llama",
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": L0,
+        },
+    ),
     ("mistral", {"rope_type": "linear", "factor": 4.0}),
     ("gpt_neox", {"rope_type": "dynamic", "factor": 4.0}),
 ]
@@ -38,7 +47,12 @@ def test_methods_transformers_computes_stay_its_own(family: str, rope: dict[str,
 def test_longrope_phi3_stays_transformers_own() -> None:
     import ropepatch
 
-    rope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [float(i + 1) for i in range(8)], "factor": 4.0}
+    rope = {
+        "rope_type": "longrope",
+        "short_factor": [1.0] * 8,
+        "long_factor": [float(i + 1) for i in range(8)],
+        "factor": 4.0,
+    }
     ref = rotary_of(make_model(make_config("phi3", rope_parameters=dict(rope))))
     ropepatch.enable()
     rot = rotary_of(make_model(make_config("phi3", rope_parameters=dict(rope))))
@@ -72,7 +86,9 @@ def test_legacy_phi3_su_config_loads(tmp_path: Path) -> None:
     inv, attention = spec.frequencies(None)
     assert torch.allclose(rot.inv_freq, inv, rtol=1e-6, atol=0) and rot.attention_scaling == pytest.approx(attention)
     # factor = max/original = 4 -> sqrt(1 + ln 4 / ln 64)
-    assert attention == pytest.approx((1 + torch.log(torch.tensor(4.0)).item() / torch.log(torch.tensor(64.0)).item()) ** 0.5)
+    assert attention == pytest.approx(
+        (1 + torch.log(torch.tensor(4.0)).item() / torch.log(torch.tensor(64.0)).item()) ** 0.5
+    )
 
 
 def test_qwen1_logn_is_refused_not_half_applied() -> None:
@@ -115,7 +131,9 @@ def test_meta_device_build() -> None:
     import ropepatch
 
     ropepatch.enable()
-    config = make_config("llama", rope_parameters={"rope_type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0})
+    config = make_config(
+        "llama", rope_parameters={"rope_type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0}
+    )
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -130,7 +148,9 @@ def test_dynamic_attention_factor_reset_on_a_shorter_input() -> None:
     import ropepatch
 
     ropepatch.enable()
-    config = make_config("llama", rope_parameters={"rope_type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0})
+    config = make_config(
+        "llama", rope_parameters={"rope_type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0}
+    )
     rot = rotary_of(make_model(config))
     x = torch.zeros(1)
     rot(x, torch.arange(4 * L0)[None])

@@ -21,10 +21,20 @@ def test_dynamic_model_survives_disable_and_entry_goes_with_it():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     before = set(ROPE_INIT_FUNCTIONS)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, max_position_embeddings=64,
-                      rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
-                                       "rope_theta": 10000.0})
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        rope_parameters={
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 16,
+            "rope_theta": 10000.0,
+        },
+    )
     with ropepatch.enabled(method="dynamic-yarn"):
         model = LlamaForCausalLM(cfg).eval()
     rope = model.model.rotary_emb

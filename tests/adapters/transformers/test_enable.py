@@ -52,12 +52,21 @@ def test_disable_restores_every_patched_attribute_exactly() -> None:
     ropepatch.enable()
     during = _patch_points()
     # build one ropepatch-typed Phi-3 so that the lazily patched points are patched too
-    make_model(make_config("phi3", rope_parameters={"rope_type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0}))
+    make_model(
+        make_config(
+            "phi3", rope_parameters={"rope_type": "dynamic-yarn", "factor": 4.0, "original_max_position_embeddings": L0}
+        )
+    )
     during_build = _patch_points()
     ropepatch.disable()
     after = _patch_points()
     changed = [k for k in before if during[k] is not before[k] and during[k] != before[k]]
-    assert {"PreTrainedModel.__init__", "PreTrainedConfig.to_dict", "ROPE_INIT_FUNCTIONS", "get_class_in_module"} <= set(changed)
+    assert {
+        "PreTrainedModel.__init__",
+        "PreTrainedConfig.to_dict",
+        "ROPE_INIT_FUNCTIONS",
+        "get_class_in_module",
+    } <= set(changed)
     assert during_build["Phi3Config.__class_validators__"] is not before["Phi3Config.__class_validators__"]
     for key, value in before.items():
         if isinstance(value, (dict, list)):
@@ -110,7 +119,9 @@ def test_patch_model_fixes_a_model_built_before_enable() -> None:
     assert not torch.allclose(before, after, atol=1e-5)
     # overrides: a dynamic method on the same model follows the length
     ropepatch.patch_model(model, method="dynamic-yarn", factor=4.0, original_max_position_embeddings=4096)
-    spec = ropepatch.detect(_airophin_config(), method="dynamic-yarn", factor=4.0, original_max_position_embeddings=4096)
+    spec = ropepatch.detect(
+        _airophin_config(), method="dynamic-yarn", factor=4.0, original_max_position_embeddings=4096
+    )
     cos, _ = rot(torch.zeros(1), torch.arange(8192)[None])
     inv, att = spec.frequencies(8192)
     assert att == pytest.approx(1.0693147180559945)  # test-vectors.json dynamic_yarn_L8192

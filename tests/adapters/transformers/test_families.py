@@ -60,8 +60,6 @@ def checkpoints(tmp_path_factory: Any) -> dict[str, Path]:
     return out
 
 
-
-
 @pytest.fixture(scope="module")
 def fresh_results(checkpoints: dict[str, Path], tmp_path_factory: Any) -> dict[str, Any]:
     """Load every scaled checkpoint in one fresh interpreter; tensors come back through torch.save."""
@@ -109,7 +107,9 @@ CASES = [f"{f}-{k}" for f in FAMILIES for k in ("static", "dynamic")]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_rotary_table_after_fresh_reload(case: str, checkpoints: dict[str, Path], fresh_results: dict[str, Any]) -> None:
+def test_rotary_table_after_fresh_reload(
+    case: str, checkpoints: dict[str, Path], fresh_results: dict[str, Any]
+) -> None:
     import ropepatch
 
     spec = ropepatch.detect(checkpoints[case], emit_warnings=False)
@@ -127,7 +127,9 @@ def test_rotary_table_after_fresh_reload(case: str, checkpoints: dict[str, Path]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_logits_equal_hand_set_reference_table(case: str, checkpoints: dict[str, Path], fresh_results: dict[str, Any]) -> None:
+def test_logits_equal_hand_set_reference_table(
+    case: str, checkpoints: dict[str, Path], fresh_results: dict[str, Any]
+) -> None:
     from tf_tiny import rotary_of
     from transformers import AutoModelForCausalLM
 

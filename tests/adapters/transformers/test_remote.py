@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-CONFIG_PY = '''
+CONFIG_PY = """
 from transformers import PretrainedConfig
 
 
@@ -26,7 +26,7 @@ class ToyRWConfig(PretrainedConfig):
         self.n_layer = n_layer
         self.alibi = alibi
         super().__init__(**kwargs)
-'''
+"""
 
 MODELING_PY = '''
 import math
@@ -127,7 +127,10 @@ def remote_checkpoint(tmp_path_factory: Any) -> Path:
     config = {
         "model_type": "toy_refinedweb",
         "architectures": ["ToyRWForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_toyrw.ToyRWConfig", "AutoModelForCausalLM": "modeling_toyrw.ToyRWForCausalLM"},
+        "auto_map": {
+            "AutoConfig": "configuration_toyrw.ToyRWConfig",
+            "AutoModelForCausalLM": "modeling_toyrw.ToyRWForCausalLM",
+        },
         "vocab_size": 128,
         "hidden_size": 64,
         "n_head": 4,
@@ -136,7 +139,10 @@ def remote_checkpoint(tmp_path_factory: Any) -> Path:
     }
     (folder / "config.json").write_text(json.dumps(config))
     gen = torch.Generator().manual_seed(0)
-    weights = {"embed.weight": torch.randn(128, 64, generator=gen) * 0.5, "lm_head.weight": torch.randn(128, 64, generator=gen) * 0.2}
+    weights = {
+        "embed.weight": torch.randn(128, 64, generator=gen) * 0.5,
+        "lm_head.weight": torch.randn(128, 64, generator=gen) * 0.2,
+    }
     for i in range(2):
         weights[f"layers.{i}.qkv.weight"] = torch.randn(192, 64, generator=gen) * 0.3
         weights[f"layers.{i}.dense.weight"] = torch.randn(64, 64, generator=gen) * 0.1
@@ -201,7 +207,9 @@ def test_ntk_margin_vector_d64() -> None:
     """The known-table method's formula against the published Alfred vector (d=64, s=4)."""
     import ropepatch
 
-    spec = ropepatch.detect({"model_type": "falcon", "hidden_size": 256, "num_attention_heads": 4}, method="ntk-yarn", factor=4.0)
+    spec = ropepatch.detect(
+        {"model_type": "falcon", "hidden_size": 256, "num_attention_heads": 4}, method="ntk-yarn", factor=4.0
+    )
     inv, attention = spec.frequencies(None)
     assert inv[1].item() == pytest.approx(0.7119550592178845, rel=1e-6)
     assert inv[31].item() == pytest.approx(2.667042864326648e-05, rel=1e-6)

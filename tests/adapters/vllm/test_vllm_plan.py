@@ -32,8 +32,14 @@ def plan(rp, layers=(), head=128, max_position=4096, hf_config=None):
         {"rope_type": "default", "rope_theta": 10000.0},
         {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
         {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024, "rope_theta": 10000.0},
-        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-         "original_max_position_embeddings": 8192, "rope_theta": 500000.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_theta": 500000.0,
+        },
         {"rope_type": "ntk", "factor": 2.0, "rope_theta": 10000.0},  # vLLM's own NTK formula
         {"rope_type": "dynamic", "alpha": 2.0, "rope_theta": 10000.0},  # fixed NTK-alpha: vLLM is exact
         {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
@@ -108,6 +114,9 @@ def test_serving_context_is_what_max_model_len_should_be():
 
 def test_nested_rope_parameters():
     class Cfg:
-        rope_parameters = {"full_attention": {"rope_type": "linear", "factor": 8.0}, "sliding_attention": {"rope_type": "default"}}
+        rope_parameters = {
+            "full_attention": {"rope_type": "linear", "factor": 8.0},
+            "sliding_attention": {"rope_type": "default"},
+        }
 
     assert [p["rope_type"] for p in rope_parameter_sets(Cfg())] == ["linear", "default"]

@@ -78,7 +78,10 @@ def test_ropepatch_method_is_a_table_only_subclass_of_vllms_layer(rotary):
 def test_vllm_keeps_its_own_layers(rotary):
     from vllm.model_executor.layers.rotary_embedding import YaRNScalingRotaryEmbedding
 
-    assert type(rope({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64})) is YaRNScalingRotaryEmbedding
+    assert (
+        type(rope({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}))
+        is YaRNScalingRotaryEmbedding
+    )
     assert type(rope({"rope_type": "default"})) is rotary.RotaryEmbedding
 
 
@@ -115,7 +118,9 @@ def test_factory_is_rebound_where_models_imported_it_and_restored(monkeypatch):
         assert getattr(wrapper, "__ropepatch__", False) and wrapper.__wrapped__ is original
         assert llama.get_rope is wrapper  # re-bound in the module that copied it
         with set_current_vllm_config(VllmConfig()):
-            layer = llama.get_rope(D, 64, True, {"rope_type": "dynamic", "factor": 4.0, "rope_theta": THETA}, torch.float32)
+            layer = llama.get_rope(
+                D, 64, True, {"rope_type": "dynamic", "factor": 4.0, "rope_theta": THETA}, torch.float32
+            )
         assert type(layer).__name__ == "RopepatchRotaryEmbedding"
     finally:
         ropepatch.disable()
