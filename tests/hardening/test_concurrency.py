@@ -26,8 +26,14 @@ def _config():
     from transformers import LlamaConfig
 
     # airophin-style: top-level original, no rope_scaling -> part-ntk under ropepatch, plain without
-    cfg = LlamaConfig(vocab_size=32, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=32,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=256,
+    )
     cfg.original_max_position_embeddings = 64
     return cfg
 
@@ -37,8 +43,15 @@ PNTK = RopeSpec("part-ntk", rotary_dim=32, factor=4.0, original_max_position_emb
 
 
 def _snapshot():
-    mods = {name: sys.modules[name] for name in ("transformers.modeling_utils", "transformers.configuration_utils",
-                                                 "transformers.modeling_rope_utils", "transformers.dynamic_module_utils")}
+    mods = {
+        name: sys.modules[name]
+        for name in (
+            "transformers.modeling_utils",
+            "transformers.configuration_utils",
+            "transformers.modeling_rope_utils",
+            "transformers.dynamic_module_utils",
+        )
+    }
     mu, cu, ru, dmu = mods.values()
     return {
         "init": mu.PreTrainedModel.__dict__["__init__"],

@@ -52,7 +52,9 @@ PRELUDE = """
 
 
 def test_failing_adapter_leaves_runtime_untouched_and_others_patch():
-    out = _run(PRELUDE + """
+    out = _run(
+        PRELUDE
+        + """
     del dmu.get_class_in_module            # the adapter's last patch point is gone
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -69,7 +71,8 @@ def test_failing_adapter_leaves_runtime_untouched_and_others_patch():
     ropepatch.disable()
     assert target.build() == "original"
     print("OK")
-    """)
+    """
+    )
     assert out.returncode == 0 and out.stdout.strip() == "OK", out.stdout + out.stderr
 
 
