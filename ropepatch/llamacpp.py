@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from ropepatch.errors import RopeConfigError
 from ropepatch.methods.base import ntk_base
 
 __all__ = ["llamacpp_flags"]
@@ -11,6 +13,15 @@ __all__ = ["llamacpp_flags"]
 
 def _g(x: float) -> str:
     return f"{x:.10g}"
+
+
+def _ntk_base(base: float, alpha: float, dim: int) -> float | None:
+    """The NTK-aware base, or None where it leaves float64 (``**`` raises OverflowError there)."""
+    try:
+        b = ntk_base(base, alpha, dim)
+    except (OverflowError, RopeConfigError):
+        return None
+    return b if math.isfinite(b) else None
 
 
 def llamacpp_flags(spec: Any) -> tuple[list[str] | None, str]:
@@ -26,12 +37,16 @@ def llamacpp_flags(spec: Any) -> tuple[list[str] | None, str]:
     if m == "ntk":
         if spec.rotary_dim is None:
             return None, "needs the rotary dim to turn alpha into a base"
-        b = ntk_base(spec.rope_theta, spec.method_params["alpha"], spec.rotary_dim)
+        b = _ntk_base(spec.rope_theta, spec.method_params["alpha"], spec.rotary_dim)
+        if b is None:
+            return None, "the NTK base overflows float64 (alpha is out of range)"
         return ["--rope-freq-base", _g(b)], "fixed NTK is a base change in llama.cpp"
     if m in ("ntk-margin",):
         if spec.rotary_dim is None:
             return None, "needs the rotary dim to compute the base"
-        b = ntk_base(spec.rope_theta, spec.effective_factor + 1, spec.rotary_dim)
+        b = _ntk_base(spec.rope_theta, spec.effective_factor + 1, spec.rotary_dim)
+        if b is None:
+            return None, "the NTK base overflows float64 (factor is out of range)"
         return ["--rope-freq-base", _g(b)], "NTK-Margin is a base change"
     if m in ("yarn", "ntk-by-parts"):
         q = spec.method_params

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.hookspecs import hookimpl
 
@@ -30,19 +32,22 @@ def detect_rope(view: ConfigView) -> Finding:
     f = Finding("default", detector="fallback")
     f.provenance["method"] = "no scaling in metadata"
     mtype = view.model_type
-    theta = view.get("rope_theta")
+    # GGUF-style metadata keeps its base in {arch}.rope.freq_base; a stray top-level rope_theta
+    # there is not what the spec uses, so it gets no note (and is not checked: read it with care)
+    theta = _real(view.get("rope_theta")) if view.kind != "gguf" else None
     family = FAMILY_THETA.get(mtype)
-    if isinstance(theta, (int, float)) and not isinstance(theta, bool) and family and theta > 0 and theta != family:
+    if theta is not None and family and theta > 0 and theta != family:
         alpha = (theta / family) ** (1 - 2 / _dim_hint(view)) if _dim_hint(view) > 2 else None
         extra = f"; as fixed NTK that is alpha_eff = {alpha:.4g}" if alpha and theta > family else ""
         f.notes.append(
             f"rope_theta={theta:g} differs from {mtype}'s pre-training base {family:g}: baked in by training "
             f"(ABF / fine-tuned NTK){extra}. Nothing to rescale."
         )
-    elif isinstance(theta, (int, float)) and theta and theta != 10000:
+    elif theta is not None and theta and theta != 10000:
         f.notes.append(f"rope_theta={theta:g} is the checkpoint's trained base (baked theta); nothing to rescale")
     maxpos = view.get("max_position_embeddings")
-    hit = INFLATED_CONTEXT.get((mtype, maxpos))
+    hashable = isinstance(maxpos, int) and not isinstance(maxpos, bool)  # a list here raised TypeError
+    hit = INFLATED_CONTEXT.get((mtype, maxpos)) if hashable else None
     if hit:
         original, why = hit
         f.set("original_max_position_embeddings", original, f"known checkpoint table ({why})")
@@ -58,3 +63,14 @@ def _dim_hint(view: ConfigView) -> int:
     if isinstance(h, int) and isinstance(n, int) and n:
         return h // n
     return 128
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a finite float, or None (text, bool, NaN, an int past float64)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None

@@ -106,6 +106,17 @@ def report_markdown() -> str:
         total.update(c)
         lines.append(f"| {target} | {c['tried']} | {c['error']} | {c['spec']} | {c['other']} |")
     lines.append(f"| **all** | {total['tried']} | {total['error']} | {total['spec']} | {total['other']} |")
+    manifest = json.loads((CORPUS / "MANIFEST.json").read_text(encoding="utf-8"))
+    lines += [
+        "",
+        f"## Regression corpus ({len(manifest)} inputs that broke the core, replayed by the tests)",
+        "",
+        "| file | found by | now ends in | what it broke |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in sorted(manifest.items()):
+        ends = f"error naming `{entry['key']}`" if entry["expect"] == "error" else entry.get("method", "accepted")
+        lines.append(f"| `{name}` | {entry.get('found', 'fuzz')} | {ends} | {entry['bug'].replace('|', '/')} |")
     lines += ["", "## Most frequent RopeConfigError reasons per target", ""]
     for target in sorted(REASONS):
         lines.append(f"### {target}")
@@ -270,7 +281,7 @@ def outcome_of(
 
 def _reason(exc: RopeConfigError) -> str:
     reason = exc.reason
-    for cut in (" (", ",", ";", ":"):
+    for cut in (" (", ";", ", got", " got "):
         reason = reason.split(cut)[0]
     return reason[:70]
 
