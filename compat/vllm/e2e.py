@@ -123,17 +123,25 @@ def reference(args: argparse.Namespace) -> None:
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig.from_pretrained(args.dir)
-    method = config.rope_parameters.get("rope_type") if config.rope_parameters else "default"
     method = json.loads((Path(args.dir) / "config.json").read_text())["rope_scaling"]["rope_type"]
-    config.rope_parameters = {"rope_type": "default", "rope_theta": THETA}
-    model = LlamaForCausalLM.from_pretrained(args.dir, config=config, torch_dtype=torch.float32).eval()
-    inv, attention = reference_table(method)
-    rotary = model.model.rotary_emb
-    rotary.inv_freq = torch.tensor(inv, dtype=torch.float64).to(torch.float32)
-    rotary.original_inv_freq = rotary.inv_freq
-    rotary.attention_scaling = attention
+    if args.adapter:
+        # the transformers adapter's own model: ropepatch enabled, the checkpoint loaded as it is
+        import ropepatch
+
+        ropepatch.enable()
+        model = LlamaForCausalLM.from_pretrained(args.dir, torch_dtype=torch.float32).eval()
+        attention = float(model.model.rotary_emb.attention_scaling)
+    else:
+        config = LlamaConfig.from_pretrained(args.dir)
+        config.rope_parameters = {"rope_type": "default", "rope_theta": THETA}
+        model = LlamaForCausalLM.from_pretrained(args.dir, config=config, torch_dtype=torch.float32).eval()
+        inv, attention = reference_table(method)
+        rotary = model.model.rotary_emb
+        rotary.inv_freq = torch.tensor(inv, dtype=torch.float64).to(torch.float32)
+        rotary.original_inv_freq = rotary.inv_freq
+        rotary.attention_scaling = attention
     result = {
+        "reference": "transformers adapter" if args.adapter else "table set by hand from the formula",
         "transformers": transformers.__version__,
         "method": method,
         "attention_factor": attention,
@@ -184,6 +192,7 @@ def main() -> int:
     r = sub.add_parser("reference")
     r.add_argument("dir")
     r.add_argument("out")
+    r.add_argument("--adapter", action="store_true", help="load through ropepatch's transformers adapter instead")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
