@@ -44,7 +44,7 @@ for method in ntk-yarn dynamic yarn; do
   python "$E2E" compare "$OUT/vllm-$method-eager.json" "$OUT/ref-$method.json" || status=1
 done
 echo "== ntk-yarn, vLLM against the transformers adapter itself (same weights, ropepatch.enable())"
-python "$E2E" reference "$OUT/ckpt-ntk-yarn" "$OUT/adapter-ntk-yarn.json" --adapter 2>/dev/null
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python "$E2E" reference "$OUT/ckpt-ntk-yarn" "$OUT/adapter-ntk-yarn.json" --adapter 2>/dev/null
 python "$E2E" compare "$OUT/vllm-ntk-yarn-eager.json" "$OUT/adapter-ntk-yarn.json" || status=1
 echo "== ntk-yarn, compiled (torch.compile / Inductor, vLLM's default path)"
 serve vllm-ntk-yarn-compiled "$OUT/ckpt-ntk-yarn" || status=1
