@@ -28,7 +28,6 @@ import functools
 import logging
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -36,12 +35,13 @@ from ropepatch.adapters.base import Adapter
 from ropepatch.adapters.exllama_tables import (
     CONTEXT,
     PER_POSITION,
+    SaysOnce,
     position_angles,
     sincos_table,
     table_policy,
     unexpressible,
 )
-from ropepatch.errors import RopeConfigError, RopepatchWarning
+from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
@@ -58,7 +58,7 @@ def spec_overridden(spec: Any) -> bool:
     return label.startswith(_OVERRIDE_ORIGINS)
 
 
-class ExLlamaV2Adapter(Adapter):
+class ExLlamaV2Adapter(SaysOnce, Adapter):
     """Replaces ExLlamaV2's RoPE tables with the spec's (module docstring)."""
 
     name = "exllamav2"
@@ -237,17 +237,6 @@ class ExLlamaV2Adapter(Adapter):
                 f"ropepatch: ExLlamaV2 {where}: {problem} cannot be expressed in sin/cos tables and is not applied",
                 warn=True,
             )
-
-    def _say_once(self, key: tuple[str, ...], message: str, *, warn: bool = False) -> None:
-        with self._lock:
-            if key in self._said:
-                return
-            self._said.add(key)
-        if warn:
-            warnings.warn(message, RopepatchWarning, stacklevel=3)
-            log.warning(message)
-        else:
-            log.info(message)
 
     # -- models built before enable() -----------------------------------------------------
     def patch_model(self, model: Any, runtime: Any) -> bool:

@@ -35,13 +35,19 @@ import inspect
 import logging
 import os
 import threading
-import warnings
 from typing import Any
 
 from ropepatch.adapters.base import Adapter
-from ropepatch.adapters.exllama_tables import CONTEXT, PER_POSITION, cos_sin_factor, table_policy, unexpressible
+from ropepatch.adapters.exllama_tables import (
+    CONTEXT,
+    PER_POSITION,
+    SaysOnce,
+    cos_sin_factor,
+    table_policy,
+    unexpressible,
+)
 from ropepatch.adapters.exllamav2 import spec_overridden
-from ropepatch.errors import RopeConfigError, RopepatchWarning
+from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
@@ -92,7 +98,7 @@ def _rope_type(settings: Any) -> str | None:
     return str(kind).lower() if kind else None
 
 
-class ExLlamaV3Adapter(Adapter):
+class ExLlamaV3Adapter(SaysOnce, Adapter):
     """Gives ExLlamaV3's RoPE modules the spec's frequencies (module docstring)."""
 
     name = "exllamav3"
@@ -264,17 +270,6 @@ class ExLlamaV3Adapter(Adapter):
                 f"ropepatch: ExLlamaV3 {where}: {problem} is not applied",
                 warn=True,
             )
-
-    def _say_once(self, key: tuple[str, ...], message: str, *, warn: bool = False) -> None:
-        with self._lock:
-            if key in self._said:
-                return
-            self._said.add(key)
-        if warn:
-            warnings.warn(message, RopepatchWarning, stacklevel=3)
-            log.warning(message)
-        else:
-            log.info(message)
 
     # -- models built before enable() -----------------------------------------------------
     def patch_model(self, model: Any, runtime: Any) -> bool:
