@@ -44,14 +44,9 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     # PEP 562: keep `import ropepatch` free of pluggy, torch and runtimes until something is used
-    if name in _LAZY:
-        import importlib
+    from ropepatch._lazy import load_lazy
 
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ropepatch' has no attribute {name!r}")
+    return load_lazy(globals(), _LAZY, "ropepatch", name)
 
 
 def __dir__() -> list[str]:

@@ -87,14 +87,9 @@ def triton_status() -> tuple[bool, str]:
 
 def __getattr__(name: str) -> Any:
     # PEP 562: torch loads only when an entry point is first used
-    if name in _LAZY:
-        import importlib
+    from ropepatch._lazy import load_lazy
 
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ropepatch.kernels' has no attribute {name!r}")
+    return load_lazy(globals(), _LAZY, "ropepatch.kernels", name)
 
 
 def __dir__() -> list[str]:
