@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout (CI clones main with shared/ beside it)
-SHARED = Path(os.environ.get("ROPEPATCH_SHARED", REPO.parent / "shared"))
-CHECKPOINTS = SHARED / "checkpoints"
-VECTORS = SHARED / "reference" / "test-vectors.json"
+# Reference material lives in the repository (tests/data/SOURCES.md says where each file came from):
+# a fresh clone runs every test with nothing beside it.
+DATA = REPO / "tests" / "data"
+CHECKPOINTS = DATA / "checkpoints"
+VECTORS = DATA / "reference" / "test-vectors.json"
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"reference material missing: {path} (CI provides ../shared beside the clone)")
+        pytest.fail(f"reference material missing: {path} (tests/data is part of the repository)")
     return path
 
 

@@ -1,4 +1,4 @@
-"""Every real checkpoint in ../shared/checkpoints, classified as its INDEX.md row says."""
+"""Every real checkpoint in tests/data/checkpoints, classified as its INDEX.md row says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every method against the published closed-form vectors (../shared/reference/test-vectors.json).
+"""Every method against the published closed-form vectors (tests/data/reference/test-vectors.json).
 
 The vectors are float64 values computed from the papers' and reference implementations' formulas,
 independently of ropepatch; cases marked ``verified_against`` also match transformers 5.23.

@@ -1,4 +1,4 @@
-"""Fixtures for the doctor tests: the shared checkpoint corpus and a clean ropepatch state."""
+"""Fixtures for the doctor tests: the checkpoint corpus (tests/data/checkpoints) and a clean ropepatch state."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from doctor_paths import CORPUS  # noqa: E402
 
 @pytest.fixture
 def corpus() -> Path:
-    if CORPUS is None:
-        pytest.skip("needs the shared checkpoint corpus (shared/checkpoints beside the repository)")
+    if not CORPUS.is_dir():
+        pytest.fail("the checkpoint corpus tests/data/checkpoints is missing")
     return CORPUS
 
 

@@ -1,16 +1,7 @@
-"""Where the shared checkpoint corpus is (shared/checkpoints beside the repository), if anywhere."""
+"""Where the checkpoint corpus is: tests/data/checkpoints, inside the repository."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def _corpus() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "checkpoints"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-CORPUS = _corpus()
+CORPUS: Path = Path(__file__).resolve().parents[1] / "data" / "checkpoints"

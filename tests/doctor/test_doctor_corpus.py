@@ -1,5 +1,5 @@
-"""``ropepatch doctor`` on real checkpoint configs from the shared corpus: the verdicts, and the
-frequencies behind them checked against independent references (shared/reference/test-vectors.json
+"""``ropepatch doctor`` on real checkpoint configs from the checkpoint corpus (tests/data/checkpoints): the verdicts, and the
+frequencies behind them checked against independent references (tests/data/reference/test-vectors.json
 and closed forms), not against ropepatch's own numbers.
 """
 

@@ -1,4 +1,4 @@
-"""Independent references for RoPE tables: transformers, the shared test vectors, published formulas.
+"""Independent references for RoPE tables: transformers, the test vectors (tests/data), published formulas.
 
 Nothing here calls ropepatch. Tables are laid out the way ExLlamaV2 lays out its own (float32
 angles, sin/cos times the attention factor, cast to fp16), so a runtime table can be compared
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-VECTORS = SHARED / "reference" / "test-vectors.json"
-CHECKPOINTS = SHARED / "checkpoints"
+DATA = Path(__file__).resolve().parents[2] / "data"
+VECTORS = DATA / "reference" / "test-vectors.json"
+CHECKPOINTS = DATA / "checkpoints"
 
 # fp16 holds values near 1 to ~1e-3; a float32 angle at position ~8k carries ~1e-3 rad of rounding
 # from the last bit of inv_freq. Anything beyond this is a different table (the native errors the
@@ -26,9 +26,9 @@ TABLE_ATOL = 3e-3
 
 
 def vector(case_id: str) -> dict[str, Any]:
-    """``expected`` of one case of shared/reference/test-vectors.json (skip when shared/ is absent)."""
+    """``expected`` of one case of tests/data/reference/test-vectors.json ."""
     if not VECTORS.is_file():
-        pytest.skip(f"shared test vectors not found at {VECTORS}")
+        pytest.fail(f"test vectors not found at {VECTORS}")
     for case in json.loads(VECTORS.read_text())["cases"]:
         if case["id"] == case_id:
             return case["expected"]
@@ -36,10 +36,10 @@ def vector(case_id: str) -> dict[str, Any]:
 
 
 def checkpoint(name: str) -> dict[str, Any]:
-    """A real checkpoint's RoPE metadata from shared/checkpoints, without the ``_`` annotation keys."""
+    """A real checkpoint's RoPE metadata from tests/data/checkpoints, without the ``_`` annotation keys."""
     path = CHECKPOINTS / f"{name}.json"
     if not path.is_file():
-        pytest.skip(f"shared checkpoint corpus not found at {path}")
+        pytest.fail(f"checkpoint corpus file not found at {path}")
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 

@@ -3,7 +3,7 @@
 Real ExLlamaV2 wheels (see exllama_harness.V2_VERSIONS) run on CPU; the only stand-in is the compiled
 CUDA extension module, which table building never calls. No GPU machine is lent to this task, so the
 kernels that read these tables do not run here. References: transformers' ROPE_INIT_FUNCTIONS where
-it has the method, shared/reference/test-vectors.json and the published formulas otherwise.
+it has the method, tests/data/reference/test-vectors.json and the published formulas otherwise.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 TGI's server is not on the package registries, so its classes are exercised in
 test_tgi_source.py only against a source checkout (and in compat/tgi/). Here the spec the adapter
 derives from TGI's arguments and the table it builds from it are checked against transformers'
-own ROPE_INIT_FUNCTIONS (where transformers has the method) or shared/reference/test-vectors.json.
+own ROPE_INIT_FUNCTIONS (where transformers has the method) or tests/data/reference/test-vectors.json.
 """
 
 from __future__ import annotations

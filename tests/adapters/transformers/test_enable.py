@@ -13,7 +13,7 @@ from tf_tiny import L0, make_config, make_model, rotary_of
 
 torch = pytest.importorskip("torch")
 
-# part-NTK 3-way, d=128, b=1e4, s=4, L0=4096 (shared/reference/test-vectors.json "ntk_by_parts_3way_s4")
+# part-NTK 3-way, d=128, b=1e4, s=4, L0=4096 (tests/data/reference/test-vectors.json "ntk_by_parts_3way_s4")
 PNTK_31 = 0.009406557595590406
 PLAIN_31 = 0.011547819846894583  # "default", d=128
 

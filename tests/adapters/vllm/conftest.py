@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "reference" / "test-vectors.json"
-if not VECTORS.is_file():  # a worktree next to shared/, or CI's clone with shared/ beside it
-    VECTORS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "test-vectors.json"
+VECTORS = Path(__file__).resolve().parents[2] / "data" / "reference" / "test-vectors.json"
 
 
 @pytest.fixture
 def vector():
-    """``vector(id)``: the expected values of one case of shared/reference/test-vectors.json."""
+    """``vector(id)``: the expected values of one case of tests/data/reference/test-vectors.json."""
     if not VECTORS.is_file():
-        pytest.skip(f"shared/reference/test-vectors.json not found at {VECTORS}")
+        pytest.fail(f"tests/data/reference/test-vectors.json not found at {VECTORS}")
     cases = {c["id"]: c for c in json.loads(VECTORS.read_text())["cases"]}
     return lambda case_id: cases[case_id]
 

@@ -16,9 +16,7 @@ from ropepatch.adapters.vllm_plan import config_view, plan_rope, rope_parameter_
 from ropepatch.errors import RopeConfigError
 from ropepatch.overrides import parse_overrides
 
-CHECKPOINTS = Path(__file__).resolve().parents[4] / "shared" / "checkpoints"
-if not CHECKPOINTS.is_dir():  # CI: shared/ inside the clone rather than beside it
-    CHECKPOINTS = Path(__file__).resolve().parents[3] / "shared" / "checkpoints"
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 
 
 def plan(rp, layers=(), head=128, max_position=4096, hf_config=None):
