@@ -7,9 +7,12 @@ Modules:
 
 * :mod:`ropepatch.kernels.reference` - the PyTorch path (CPU, no Triton) and the oracle of the tests.
 * :mod:`ropepatch.kernels.triton_rope` - the Triton kernel and its host wrapper.
+* :mod:`ropepatch.kernels.ops` - the custom ops ``ropepatch::rotary`` (autograd: rotation by -theta)
+  and ``ropepatch::rotary_`` (in place), registered when the entry points are first used, so
+  ``torch.compile(fullgraph=True)`` traces through every entry point (torch >= 2.4).
 * :mod:`ropepatch.kernels.dispatch` - the public entry points (``apply_rotary``,
-  ``apply_rotary_table_free``, ``apply_rotary_cached``, ``RotaryCache``, ``wrap_apply_rotary_pos_emb``)
-  and the autograd Function whose backward rotates by -theta.
+  ``apply_rotary_table_free``, ``apply_rotary_cached``, ``RotaryCache``, ``wrap_apply_rotary_pos_emb``);
+  on torch < 2.4 they use an autograd Function instead of the ops (same values, graph breaks).
 
 The switch :func:`set_enabled` is what ``ropepatch.enable(kernels=True)`` flips: while it is off
 (the default) a wrapped ``apply_rotary_pos_emb`` calls transformers' own function for every tensor.

@@ -21,9 +21,15 @@ Contract for the transformers adapter
 * Math is float32 (float64 for float64 inputs), rounded once at the store; transformers rounds
   after every op in half precision, so the two agree to output rounding (<= 1-2 ulp), and exactly
   in float32 up to the order of two roundings.
-* Autograd: q and k get gradients through :class:`RotaryFunction`, whose backward rotates the
-  incoming gradient by ``-theta`` (the same kernel with the sines swapped and negated). When
-  ``cos``/``sin`` themselves require grad, a differentiable PyTorch formula is used instead.
+* Autograd: q and k get gradients through the op ``ropepatch::rotary``, whose registered backward
+  rotates the incoming gradient by ``-theta`` (the same op with the sines swapped and negated). An
+  in-place call that needs gradients rotates out of place and copies (a mutating op can't carry an
+  autograd formula). When ``cos``/``sin`` themselves require grad, a differentiable PyTorch formula
+  is used instead.
+* ``torch.compile``: every entry point is one custom-op node (:mod:`ropepatch.kernels.ops`), the
+  PyTorch implementation on CPU, the Triton kernel on CUDA, so ``fullgraph=True`` holds. On torch
+  < 2.4 (no ``torch.library.custom_op``) the plain path runs :class:`RotaryFunction` instead: same
+  values and gradients, but the compiler breaks the graph at each call.
 
 ``apply_rotary_table_free(q, k, inv_freq, position_ids, attention_factor=1.0, unsqueeze_dim=1)`` is
 the same without tables: ``cos/sin(float32(pos) * inv_freq) * attention_factor`` are computed per
@@ -52,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ropepatch.kernels import is_enabled, triton_status
+from ropepatch.kernels import ops as _ops
 from ropepatch.kernels.reference import (
     RotarySource,
     build_cos_sin_cache,
@@ -167,6 +174,8 @@ def rotate(
         if inplace:
             outs = [t.copy_(o) for t, o in zip(inputs, outs, strict=True)]
         return outs[0], (outs[1] if k is not None else None)
+    if _ops.AVAILABLE:
+        return _rotate_op(q, k, src, interleaved, inplace, chosen, grad and any(t.requires_grad for t in inputs))
     if grad and any(t.requires_grad for t in inputs):
         if inplace and k is not None:
             # autograd lets a Function that modifies a view in place return only one tensor:
@@ -179,6 +188,33 @@ def rotate(
     q_out, k_out = _outputs(q, k, inplace)
     _rotator(chosen)(q, k, q_out, k_out, src, interleaved=interleaved, conj=False)
     return q_out, k_out
+
+
+def _rotate_op(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    src: RotarySource,
+    interleaved: bool,
+    inplace: bool,
+    backend: str,
+    needs_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # a q-only call passes a k with zero heads: the op always has two outputs, the kernel skips k
+    kk = k if k is not None else q.new_empty((q.shape[0], q.shape[1], 0, q.shape[3]))
+    args = (*_ops.op_args(src), interleaved, False, backend)
+    if not inplace:
+        q_out, k_out = _ops.rotary(q, kk, *args)
+        return q_out, (k_out if k is not None else None)
+    if needs_grad:
+        # a mutating op can't carry an autograd formula: rotate out of place, then copy (autograd
+        # tracks copy_ into views); costs one extra copy, in training with inplace=True only
+        q_out, k_out = _ops.rotary(q, kk, *args)
+        q.copy_(q_out)
+        if k is not None:
+            k.copy_(k_out)
+        return q, k
+    _ops.rotary_(q, kk, *args)
+    return q, k
 
 
 def _seq_dim(unsqueeze_dim: int) -> int:
