@@ -38,6 +38,7 @@ __all__ = [
     "apply_rotary_cached",
     "apply_rotary_table_free",
     "is_enabled",
+    "routes_cpu",
     "select_backend",
     "set_enabled",
     "triton_status",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 _enabled = False
+_route_cpu = False
 _triton_status: tuple[bool, str] | None = None
 
 _LAZY = {
@@ -60,19 +62,28 @@ _LAZY = {
 }
 
 
-def set_enabled(flag: bool) -> None:
+def set_enabled(flag: bool, *, cpu: bool = False) -> None:
     """Route CUDA tensors of wrapped ``apply_rotary_pos_emb`` functions to the Triton kernel (or stop).
 
     ``ropepatch.enable(kernels=True)`` calls ``set_enabled(True)``; ``ropepatch.disable()`` calls
-    ``set_enabled(False)``. CPU tensors never go to the kernel, whatever the switch says.
+    ``set_enabled(False)``. CPU tensors never go to the kernel. By default they keep transformers'
+    own function (bit-identical); ``cpu=True`` sends them through the same custom op as CUDA tensors,
+    running its PyTorch implementation (float32 math) - a way to test or ``torch.compile`` the
+    kernel route of a model without a GPU.
     """
-    global _enabled
+    global _enabled, _route_cpu
     _enabled = bool(flag)
+    _route_cpu = bool(flag) and bool(cpu)
 
 
 def is_enabled() -> bool:
     """True while wrapped ``apply_rotary_pos_emb`` functions route CUDA tensors to the kernel."""
     return _enabled
+
+
+def routes_cpu() -> bool:
+    """True while wrapped functions also send CPU tensors through the op (``set_enabled(True, cpu=True)``)."""
+    return _route_cpu
 
 
 def triton_status() -> tuple[bool, str]:

@@ -45,7 +45,8 @@ and triton imports, else ``"torch"``. ``backend="torch"`` / ``"triton"`` force o
 
 ``wrap_apply_rotary_pos_emb(original)`` turns a transformers ``apply_rotary_pos_emb`` into a drop-in
 replacement that, while :func:`ropepatch.kernels.set_enabled` is on (``ropepatch.enable(kernels=True)``),
-sends CUDA tensors to the kernel and calls ``original`` for everything else (CPU stays bit-identical).
+sends CUDA tensors to the kernel and calls ``original`` for everything else (CPU stays bit-identical
+unless ``set_enabled(True, cpu=True)`` routes CPU tensors through the op as well).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ropepatch.kernels import is_enabled, triton_status
+from ropepatch.kernels import is_enabled, routes_cpu, triton_status
 from ropepatch.kernels import ops as _ops
 from ropepatch.kernels.reference import (
     RotarySource,
@@ -85,18 +86,27 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ORIGINAL_ATTR = "__ropepatch_original__"
 
 
+def _triton_ok() -> bool:
+    return triton_status()[0]
+
+
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_result"):
+    # the first call may import triton; under torch.compile that runs at trace time, as a constant,
+    # instead of an import statement inside the traced frame (a graph break)
+    _triton_ok = torch.compiler.assume_constant_result(_triton_ok)
+
+
 def select_backend(q: torch.Tensor, requested: Backend = "auto") -> Literal["torch", "triton"]:
     """The backend that rotates ``q``: ``"triton"`` for CUDA half/float tensors when triton imports."""
     if requested == "torch":
         return "torch"
     if requested == "triton":
-        ok, why = triton_status()
-        if not ok:
-            raise RuntimeError(f"backend='triton' requested but {why}")
+        if not _triton_ok():
+            raise RuntimeError(f"backend='triton' requested but {triton_status()[1]}")
         return "triton"
     if requested != "auto":
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {requested!r}")
-    if q.is_cuda and q.dtype in _KERNEL_DTYPES and triton_status()[0]:
+    if q.is_cuda and q.dtype in _KERNEL_DTYPES and _triton_ok():
         return "triton"
     return "torch"
 
@@ -413,8 +423,11 @@ def wrap_apply_rotary_pos_emb(
 ) -> Callable[..., Any]:
     """A drop-in for a transformers ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)``.
 
-    While kernels are enabled, CUDA tensors of a supported dtype go to the Triton kernel; every other
-    call (CPU tensors, kernels off, triton missing, extra arguments) goes to ``original`` unchanged.
+    While kernels are enabled, CUDA tensors of a supported dtype go to the Triton kernel (through the
+    ``ropepatch::rotary`` op); every other call (CPU tensors, kernels off, triton missing, extra
+    arguments) goes to ``original`` unchanged - except CPU tensors while
+    ``set_enabled(True, cpu=True)``, which take the op's PyTorch implementation. The routing tests
+    only types, devices, dtypes and shapes, so under ``torch.compile`` they are guards, not breaks.
     ``interleaved=True`` declares that ``original`` pairs ``(2i, 2i+1)`` with an interleaved full-width
     table (cohere); ``partial=True`` that a table narrower than ``head_dim`` rotates only the first
     dims and passes the rest (gpt_neox, phi). Without ``partial`` such calls go to ``original``,
@@ -425,9 +438,15 @@ def wrap_apply_rotary_pos_emb(
 
     @functools.wraps(original)
     def apply_rotary_pos_emb(q: Any, k: Any, cos: Any, sin: Any, *args: Any, **kwargs: Any) -> Any:
+        # every test here is on Python values, types, devices, dtypes and shapes: under
+        # torch.compile they become guards, never graph breaks
         unsqueeze_dim = _plain_unsqueeze_dim(args, kwargs)
-        if unsqueeze_dim is not None and is_enabled() and _kernel_fits(q, k, cos, sin, partial):
-            return apply_rotary(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim, interleaved=interleaved, backend="triton")
+        if unsqueeze_dim is not None and is_enabled():
+            backend = _route(q, k, cos, sin, partial)
+            if backend is not None:
+                return apply_rotary(
+                    q, k, cos, sin, unsqueeze_dim=unsqueeze_dim, interleaved=interleaved, backend=backend
+                )
         return original(q, k, cos, sin, *args, **kwargs)
 
     setattr(apply_rotary_pos_emb, _ORIGINAL_ATTR, original)
@@ -442,15 +461,24 @@ def _plain_unsqueeze_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int |
     return value if isinstance(value, int) and value in (1, 2, -2, -3) else None
 
 
-def _kernel_fits(q: Any, k: Any, cos: Any, sin: Any, partial: bool) -> bool:
+def _route(q: Any, k: Any, cos: Any, sin: Any, partial: bool) -> Backend | None:
+    """``"triton"`` for CUDA tensors the kernel takes, ``"torch"`` for CPU ones while ``routes_cpu()``, else None."""
     tensors = (q, k, cos, sin)
-    if not all(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors):
-        return False
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return None
+    if all(t.is_cuda for t in tensors):
+        backend: Backend = "triton"
+    elif routes_cpu() and all(t.device.type == "cpu" for t in tensors):
+        backend = "torch"
+    else:
+        return None
     if q.dtype not in _KERNEL_DTYPES or k.dtype not in _KERNEL_DTYPES or q.dim() != 4 or k.dim() != 4:
-        return False
+        return None
     if cos.dim() != 3 or cos.shape != sin.shape or cos.shape[-1] % 2:
-        return False
+        return None
     width = cos.shape[-1]
     if width > q.shape[-1] or (width < q.shape[-1] and not partial):
-        return False
-    return triton_status()[0]
+        return None
+    if backend == "triton" and not _triton_ok():
+        return None
+    return backend
