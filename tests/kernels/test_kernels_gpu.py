@@ -107,3 +107,52 @@ def test_cuda_graph_capture_and_replay(kernel):
     want = apply_rotary_table_free(q0, k0, inv, pos, backend="torch")
     torch.testing.assert_close(q.float(), want[0].float(), rtol=2.0**-10, atol=1e-5)
     torch.testing.assert_close(k.float(), want[1].float(), rtol=2.0**-10, atol=1e-5)
+
+
+def test_compiled_cuda_llama_with_kernels_has_no_graph_breaks_and_one_op_per_layer(kernel):
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import ropepatch
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=128,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    )
+    ids = torch.randint(0, 64, (2, 96), device="cuda")
+    with ropepatch.enabled():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            ref = LlamaForCausalLM(cfg).cuda().eval()(ids).logits
+    torch._dynamo.reset()
+    with ropepatch.enabled(kernels=True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).cuda().eval()
+        counter = CompileCounterWithBackend("inductor")
+        with torch.no_grad():
+            out = torch.compile(lambda x: model(x).logits, backend=counter, fullgraph=True)(ids)
+    assert counter.frame_count == 1
+    assert counter.graphs[0].code.count("torch.ops.ropepatch.rotary.default") == 2
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_rotates_q_and_k_in_one_launch(kernel):
+    from torch.profiler import ProfilerActivity, profile
+
+    q = torch.randn(4, 40, 1, 128, device="cuda", dtype=torch.float16)
+    k = torch.randn(4, 40, 1, 128, device="cuda", dtype=torch.float16)
+    pos = torch.arange(4, device="cuda")[:, None] + 1000
+    inv = (1.0 / (10000.0 ** (torch.arange(0, 128, 2).float() / 128))).cuda()
+    apply_rotary_table_free(q, k, inv, pos, inplace=True)  # compile the kernel first
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        apply_rotary_table_free(q, k, inv, pos, inplace=True)
+        torch.cuda.synchronize()
+    launches = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(launches) == 1 and "_rope_kernel" in launches[0], launches
