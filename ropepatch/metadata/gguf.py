@@ -1,9 +1,13 @@
-"""Read the key/value header of a GGUF file with bounded memory; tensors are never read.
+"""Read the key/value header of a GGUF file in bounded memory and bounded time; tensors are never read.
 
 Only the keys ropepatch needs are kept (``general.*`` strings and ``{arch}.rope.*``, context and
-attention sizes); everything else, tokenizer arrays included, is skipped by seeking. Every declared
-length is checked against the bytes actually left in the file before anything is allocated, so a
-hostile header cannot make the reader allocate memory it did not find on disk.
+attention sizes); everything else, tokenizer arrays included, is skipped. Every declared length is
+checked against the bytes actually left in the file before anything is allocated, so a hostile header
+cannot make the reader allocate memory it did not find on disk. Time is bounded too: an array of
+fixed-size items is skipped with one seek whatever its count; strings are skipped by parsing their
+length prefixes straight from a 64 KiB read-ahead window (a run of zero bytes, as a sparse file's holes
+read, in one step); and the number of variable-size items a file may declare is capped
+(:data:`MAX_ITEMS`), so a header that claims more fails at once with the key that claimed it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ _KEEP = re.compile(
 MAX_KEY = 65535
 MAX_KEPT_STRING = 1 << 16
 MAX_KEPT_ARRAY = 1 << 16
+#: the most variable-size items (metadata entries, strings in arrays, nested arrays) one file may declare.
+#: Each costs Python time to walk, so this bounds the time a header can take (seconds), whatever it claims;
+#: real files hold well under a million (a 262k-token vocabulary plus its merges).
+MAX_ITEMS = 1 << 22
+_CHUNK = 1 << 16
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_ZEROS = re.compile(rb"\x00+")
 
 
 def is_gguf(path: str | os.PathLike[str]) -> bool:
@@ -53,33 +64,69 @@ def is_gguf(path: str | os.PathLike[str]) -> bool:
 
 
 class _Reader:
+    """A cursor over the file with its own read-ahead window (one ``read`` per 64 KiB, not per field)."""
+
     def __init__(self, fh: BinaryIO, size: int, path: str) -> None:
         self.fh, self.size, self.path = fh, size, path
         self.version = 3
+        self.pos = 0
+        self.buf, self.buf_at = b"", 0
+        self.budget = MAX_ITEMS
+
+    @property
+    def width(self) -> int:
+        """Bytes of a length field: 4 in version 1, 8 later."""
+        return 4 if self.version == 1 else 8
 
     def left(self) -> int:
-        return self.size - self.fh.tell()
+        return self.size - self.pos
 
     def fail(self, msg: str, key: str | None = None) -> RopeConfigError:
         return RopeConfigError(f"malformed GGUF header: {msg}", path=self.path, key=key)
 
-    def read(self, n: int, key: str | None = None) -> bytes:
+    def window(self, n: int, key: str | None = None) -> int:
+        """Make the window hold the next ``n`` bytes; their index in ``self.buf``."""
         if n > self.left():
-            raise self.fail(f"needs {n} more bytes at offset {self.fh.tell()} but the file ends", key)
-        return self.fh.read(n)
+            raise self.fail(f"needs {n} more bytes at offset {self.pos} but the file ends", key)
+        start = self.pos - self.buf_at
+        if 0 <= start and start + n <= len(self.buf):
+            return start
+        self.buf = b""  # drop the old window before reading the next one (peak memory: one window)
+        self.fh.seek(self.pos)
+        self.buf, self.buf_at = self.fh.read(min(max(n, _CHUNK), self.left())), self.pos
+        if len(self.buf) < n:
+            raise self.fail(f"the file ended at offset {self.pos + len(self.buf)} while it was read", key)
+        return 0
+
+    def read(self, n: int, key: str | None = None) -> bytes:
+        i = self.window(n, key)
+        self.pos += n
+        return self.buf[i : i + n]
 
     def skip(self, n: int, key: str | None = None) -> None:
         if n > self.left():
-            raise self.fail(f"declares {n} bytes at offset {self.fh.tell()} past the end of the file", key)
-        self.fh.seek(n, os.SEEK_CUR)
+            raise self.fail(f"declares {n} bytes at offset {self.pos} past the end of the file", key)
+        self.pos += n
 
     def scalar(self, fmt: str, size: int, key: str | None = None) -> Any:
-        return struct.unpack(fmt, self.read(size, key))[0]
+        i = self.window(size, key)
+        self.pos += size
+        return struct.unpack_from(fmt, self.buf, i)[0]
 
     def length(self, key: str | None = None) -> int:
         if self.version == 1:
             return int(self.scalar("<I", 4, key))
         return int(self.scalar("<Q", 8, key))
+
+    def charge(self, count: int, what: str, key: str | None = None) -> None:
+        """Spend ``count`` of the file's item budget (every item costs Python time, so their number is capped)."""
+        if count > self.budget:
+            raise self.fail(
+                f"declares {count} {what}, beyond the {MAX_ITEMS} strings, nested arrays and entries ropepatch "
+                "walks per file (real files hold well under a million)",
+                key,
+            )
+        self.budget -= count
 
     def string(self, key: str | None, keep: bool, limit: int = MAX_KEPT_STRING) -> str | None:
         n = self.length(key)
@@ -93,6 +140,29 @@ class _Reader:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise self.fail("a string is not valid UTF-8", key) from None
+
+    def skip_strings(self, count: int, key: str) -> None:
+        """Skip ``count`` strings: length prefixes parsed straight from the window, runs of zero bytes in bulk."""
+        w = self.width
+        unpack = (_U32 if w == 4 else _U64).unpack_from
+        while count:
+            i = self.window(w, key)
+            buf, end = self.buf, len(self.buf)
+            while count and i + w <= end:
+                if not buf[i]:
+                    # a run of zero bytes is a run of empty strings (a sparse file's holes read as zeros)
+                    run = _ZEROS.match(buf, i)
+                    k = min((run.end() - i) // w, count) if run else 0
+                    if k:
+                        i += k * w
+                        count -= k
+                        continue
+                i += w + unpack(buf, i)[0]
+                count -= 1
+            buf = b""  # let the next window replace this one rather than sit beside it
+            self.pos = self.buf_at + i
+            if self.pos > self.size:
+                raise self.fail("a string of the array runs past the end of the file", key)
 
     def value(self, vtype: int, key: str, keep: bool, depth: int = 0) -> Any:
         if vtype in _SCALARS:
@@ -111,16 +181,22 @@ class _Reader:
                 if count * size > self.left():
                     raise self.fail(f"declares an array of {count} items that does not fit in the file", key)
                 if not keep or count > MAX_KEPT_ARRAY:
-                    self.skip(count * size, key)
+                    self.skip(count * size, key)  # fixed-size items: one seek, whatever the count
                     return None
                 fmt = "<" + _SCALARS[etype][0][1] * count
                 return list(struct.unpack(fmt, self.read(count * size, key)))
             if etype in (_STRING, _ARRAY):
-                # every element takes at least its 8-byte length: refuse counts the file cannot hold
-                if count * (4 if self.version == 1 else 8) > self.left():
+                # every element takes at least its length field (an array also its type): refuse counts the
+                # file cannot hold, then counts beyond the item budget, before walking anything
+                least = self.width + (4 if etype == _ARRAY else 0)
+                if count * least > self.left():
                     raise self.fail(f"declares an array of {count} items that does not fit in the file", key)
-                items = []
+                self.charge(count, "strings or arrays in one array", key)
                 keep_items = keep and count <= MAX_KEPT_ARRAY
+                if etype == _STRING and not keep_items:
+                    self.skip_strings(count, key)
+                    return None
+                items = []
                 for _ in range(count):
                     item = self.value(etype, key, keep_items, depth + 1)
                     if keep_items:
@@ -138,7 +214,7 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not stat.S_ISREG(info.st_mode):
             raise RopeConfigError("not a regular file (a device, pipe or socket cannot hold metadata)", path=str(path))
         size = info.st_size
-        fh = open(path, "rb")
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - the reader keeps its own read-ahead window
     except OSError as exc:
         raise RopeConfigError(f"cannot read GGUF file: {exc.strerror or exc}", path=path) from None
     with fh:
@@ -153,6 +229,7 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         kv_count = r.length()
         if kv_count * 13 > r.left():  # key length + key + type + smallest value
             raise r.fail(f"declares {kv_count} metadata entries that cannot fit in the file")
+        r.charge(kv_count, "metadata entries")
         out: dict[str, Any] = {"gguf.version": version}
         seen: set[str] = set()
         for _ in range(kv_count):
