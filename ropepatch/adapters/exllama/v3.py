@@ -46,7 +46,6 @@ from ropepatch.adapters.exllama.tables import (
     table_policy,
     unexpressible,
 )
-from ropepatch.adapters.exllama.v2 import spec_overridden
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
@@ -196,7 +195,7 @@ class ExLlamaV3Adapter(SaysOnce, Adapter):
                 warn=True,
             )
             return None
-        if spec.method == "default" and not spec_overridden(spec):
+        if spec.method == "default" and "method" not in spec.overridden:
             return None
         for message in spec.warnings:
             self._say_once(("spec-warning", label, message), f"ropepatch: {message}", warn=True)
