@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.methods.yarn",
     "ropepatch.methods.llama3",
     "ropepatch.methods.longrope",
+    "ropepatch.methods.per_dim",
     "ropepatch.detectors.known",
     "ropepatch.detectors.gguf_keys",
     "ropepatch.detectors.native",

@@ -1,4 +1,4 @@
-"""Read the key/value header of a GGUF file in bounded memory and bounded time; tensors are never read.
+"""Read a GGUF file's key/value header, and its few RoPE tensors, in bounded memory and bounded time.
 
 Only the keys ropepatch needs are kept (``general.*`` strings and ``{arch}.rope.*``, context and
 attention sizes); everything else, tokenizer arrays included, is skipped. Every declared length is
@@ -8,10 +8,18 @@ fixed-size items is skipped with one seek whatever its count; strings are skippe
 length prefixes straight from a 64 KiB read-ahead window (a run of zero bytes, as a sparse file's holes
 read, in one step); and the number of variable-size items a file may declare is capped
 (:data:`MAX_ITEMS`), so a header that claims more fails at once with the key that claimed it.
+
+Some scaling lives in tensors, not keys: llama.cpp bakes Llama 3.1's into ``rope_freqs.weight`` (one
+divisor per rotary frequency) and LongRoPE's into ``rope_factors_long/short.weight``. After the keys the
+tensor-info table is walked (names, shapes, types and offsets only, within the same item budget) and
+just those tensors are read from the data section: at most :data:`MAX_TENSOR_VALUES` values each, as
+``{name: [float, ...]}`` entries of the result. A table that is missing or cut short (a header-only
+excerpt) is not an error: the result then carries :data:`TENSOR_NOTE` saying why nothing was read.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -20,7 +28,7 @@ from typing import Any, BinaryIO
 
 from ropepatch.errors import RopeConfigError
 
-__all__ = ["is_gguf", "read_gguf_metadata"]
+__all__ = ["MAX_ITEMS", "MAX_TENSOR_VALUES", "ROPE_TENSORS", "TENSOR_NOTE", "is_gguf", "read_gguf_metadata"]
 
 MAGIC = b"GGUF"
 _SCALARS = {
@@ -50,6 +58,16 @@ MAX_ITEMS = 1 << 22
 _CHUNK = 1 << 16
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _ZEROS = re.compile(rb"\x00+")
+
+#: llama.cpp's tensors that hold RoPE scaling (per-dimension divisors), read when present
+ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+#: the most values such a tensor may have (one per rotary frequency: real ones have 32 to 256)
+MAX_TENSOR_VALUES = 1 << 14
+#: key of the result that says why the tensor-info table could not be walked
+TENSOR_NOTE = "gguf.tensor_note"
+_GGML_MAX_DIMS = 4
+#: ggml type id -> (name, bytes per value, struct code); the converters write these tensors as F32
+_GGML_FLOATS = {0: ("F32", 4, "f"), 1: ("F16", 2, "e"), 30: ("BF16", 2, "H")}
 
 
 def is_gguf(path: str | os.PathLike[str]) -> bool:
@@ -206,8 +224,12 @@ class _Reader:
         raise self.fail(f"unknown value type {vtype}", key)
 
 
-def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The RoPE-relevant key/value pairs of a GGUF file's header (plus ``gguf.version``)."""
+def read_gguf_metadata(path: str | os.PathLike[str], *, tensors: bool = True) -> dict[str, Any]:
+    """The RoPE-relevant key/value pairs of a GGUF file's header (plus ``gguf.version``).
+
+    With ``tensors`` (the default), also the values of the :data:`ROPE_TENSORS` the file has, under their
+    names, or :data:`TENSOR_NOTE` when the tensor-info table could not be walked.
+    """
     path = os.fspath(path)
     try:
         info = os.stat(path)
@@ -225,7 +247,7 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         if version not in (1, 2, 3):
             raise RopeConfigError(f"unsupported GGUF version {version} (ropepatch reads 1-3)", path=path)
         r.version = version
-        r.length()  # tensor count: tensors are never read
+        n_tensors = r.length()
         kv_count = r.length()
         if kv_count * 13 > r.left():  # key length + key + type + smallest value
             raise r.fail(f"declares {kv_count} metadata entries that cannot fit in the file")
@@ -244,4 +266,90 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             value = r.value(vtype, key, keep)
             if keep and value is not None:
                 out[key] = value
+        if tensors and n_tensors:
+            _read_rope_tensors(r, n_tensors, out)
         return out
+
+
+def _read_rope_tensors(r: _Reader, n_tensors: int, out: dict[str, Any]) -> None:
+    """Walk the tensor-info table; add the values of the :data:`ROPE_TENSORS` found to ``out``."""
+    try:
+        found, table_end = _walk_tensor_infos(r, n_tensors)
+    except RopeConfigError as exc:
+        # a header-only excerpt or a cut download: the keys stand, the tensors are unknown (and said so)
+        out[TENSOR_NOTE] = f"the tensor-info table could not be read ({exc.reason})"
+        return
+    if not found:
+        return
+    align = out.get("general.alignment", 32)
+    if isinstance(align, bool) or not isinstance(align, int) or not 0 < align <= 1 << 30 or align & (align - 1):
+        raise RopeConfigError(
+            f"must be a power of two (the data section starts at a multiple of it), got {align!r}",
+            path=r.path,
+            key="general.alignment",
+        )
+    data_start = -(-table_end // align) * align
+    for name, (dims, gtype, offset) in found.items():
+        out[name] = _tensor_values(r, name, dims, gtype, data_start + offset)
+
+
+def _walk_tensor_infos(r: _Reader, n_tensors: int) -> tuple[dict[str, tuple[list[int], int, int]], int]:
+    """``({rope tensor name: (dims, ggml type, offset)}, offset where the table ends)``."""
+    least = r.width + 4 + 4 + 8  # name length, dimension count, type, offset (an empty name, no dims)
+    if n_tensors * least > r.left():
+        raise r.fail(f"declares {n_tensors} tensors that cannot fit in the file")
+    r.charge(n_tensors, "tensors")
+    wanted = {name.encode(): name for name in ROPE_TENSORS}
+    lengths = {len(raw) for raw in wanted}
+    found: dict[str, tuple[list[int], int, int]] = {}
+    for _ in range(n_tensors):
+        n = r.length()
+        if n > MAX_KEY:
+            raise r.fail(f"a tensor name of {n} bytes (at most {MAX_KEY})")
+        if n in lengths:
+            name = wanted.get(r.read(n))
+        else:
+            name = None
+            r.skip(n)
+        n_dims = int(r.scalar("<I", 4, name))
+        if n_dims > _GGML_MAX_DIMS:
+            raise r.fail(f"a tensor with {n_dims} dimensions (ggml has at most {_GGML_MAX_DIMS})", name)
+        dims = [r.length(name) for _ in range(n_dims)]
+        gtype = int(r.scalar("<I", 4, name))
+        offset = int(r.scalar("<Q", 8, name))
+        if name is not None:
+            if name in found:
+                raise r.fail("duplicate tensor name", name)
+            found[name] = (dims, gtype, offset)
+    return found, r.pos
+
+
+def _tensor_values(r: _Reader, name: str, dims: list[int], gtype: int, start: int) -> list[float]:
+    """The values of one small float tensor: bounded, typed and checked (finite, positive divisors)."""
+
+    def bad(msg: str) -> RopeConfigError:
+        return RopeConfigError(f"malformed GGUF tensor: {msg}", path=r.path, key=name)
+
+    count = 1
+    for d in dims:
+        count *= d
+    if not dims or count == 0 or count > MAX_TENSOR_VALUES or sum(d != 1 for d in dims) > 1:
+        raise bad(f"shape {dims}: a RoPE factor table is one row of 1 to {MAX_TENSOR_VALUES} values")
+    if gtype not in _GGML_FLOATS:
+        raise bad(f"ggml type {gtype}; ropepatch reads F32, F16 or BF16 here (llama.cpp's converters write F32)")
+    kind, size, code = _GGML_FLOATS[gtype]
+    if start + count * size > r.size:
+        raise bad(
+            f"its {count * size} bytes at offset {start} lie past the end of the file ({r.size} bytes); "
+            "the file is truncated: download it again"
+        )
+    r.pos = start
+    raw = r.read(count * size, name)
+    values = struct.unpack(f"<{count}{code}", raw)
+    if kind == "BF16":  # the upper half of a float32
+        values = struct.unpack(f"<{count}f", struct.pack(f"<{count}I", *(v << 16 for v in values)))
+    out = [float(v) for v in values]
+    for i, v in enumerate(out):
+        if not (math.isfinite(v) and v > 0):
+            raise bad(f"value {i} is {v!r}; every per-dimension factor must be a finite positive number")
+    return out
