@@ -5,9 +5,10 @@ attention sizes); everything else, tokenizer arrays included, is skipped. Every 
 checked against the bytes actually left in the file before anything is allocated, so a hostile header
 cannot make the reader allocate memory it did not find on disk. Time is bounded too: an array of
 fixed-size items is skipped with one seek whatever its count; strings are skipped by parsing their
-length prefixes straight from a 64 KiB read-ahead window (a run of zero bytes, as a sparse file's holes
-read, in one step); and the number of variable-size items a file may declare is capped
-(:data:`MAX_ITEMS`), so a header that claims more fails at once with the key that claimed it.
+length prefixes straight from a 64 KiB read-ahead window, a run of zero bytes (as a sparse file's
+holes read) in one step, and a hole the filesystem reports (``SEEK_DATA``) without reading it; and the
+number of variable-size items a file may declare is capped (:data:`MAX_ITEMS`), so a header that
+claims more fails at once with the key that claimed it.
 
 Some scaling lives in tensors, not keys: llama.cpp bakes Llama 3.1's into ``rope_freqs.weight`` (one
 divisor per rotary frequency) and LongRoPE's into ``rope_factors_long/short.weight``. After the keys the
@@ -19,6 +20,7 @@ excerpt) is not an error: the result then carries :data:`TENSOR_NOTE` saying why
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -58,9 +60,11 @@ MAX_ITEMS = 1 << 22
 _CHUNK = 1 << 16
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _ZEROS = re.compile(rb"\x00+")
+_SEEK_DATA: int | None = getattr(os, "SEEK_DATA", None)
 
 #: llama.cpp's tensors that hold RoPE scaling (per-dimension divisors), read when present
 ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+_ROPE_NAME_LENGTHS = frozenset(len(name) for name in ROPE_TENSORS)
 #: the most values such a tensor may have (one per rotary frequency: real ones have 32 to 256)
 MAX_TENSOR_VALUES = 1 << 14
 #: key of the result that says why the tensor-info table could not be walked
@@ -116,6 +120,23 @@ class _Reader:
             raise self.fail(f"the file ended at offset {self.pos + len(self.buf)} while it was read", key)
         return 0
 
+    def zero_run(self, i: int) -> int:
+        """End (index in the window, may lie past it) of the run of zero bytes at ``self.buf[i]``.
+
+        A run that reaches the end of the window goes on through the hole after it, if the filesystem
+        reports one (``SEEK_DATA``): a sparse file's gigabytes of holes cost one call, not a scan.
+        """
+        run = _ZEROS.match(self.buf, i)
+        stop = run.end() if run else i
+        if stop == len(self.buf) and _SEEK_DATA is not None:
+            at = self.buf_at + stop
+            try:
+                data = os.lseek(self.fh.fileno(), at, _SEEK_DATA)
+            except OSError as exc:  # ENXIO: nothing but holes up to the end; others: no hole information
+                data = self.size if exc.errno == errno.ENXIO else at
+            stop += max(0, min(data, self.size) - at)
+        return stop
+
     def read(self, n: int, key: str | None = None) -> bytes:
         i = self.window(n, key)
         self.pos += n
@@ -169,8 +190,7 @@ class _Reader:
             while count and i + w <= end:
                 if not buf[i]:
                     # a run of zero bytes is a run of empty strings (a sparse file's holes read as zeros)
-                    run = _ZEROS.match(buf, i)
-                    k = min((run.end() - i) // w, count) if run else 0
+                    k = min((self.zero_run(i) - i) // w, count)
                     if k:
                         i += k * w
                         count -= k
@@ -294,33 +314,59 @@ def _read_rope_tensors(r: _Reader, n_tensors: int, out: dict[str, Any]) -> None:
 
 
 def _walk_tensor_infos(r: _Reader, n_tensors: int) -> tuple[dict[str, tuple[list[int], int, int]], int]:
-    """``({rope tensor name: (dims, ggml type, offset)}, offset where the table ends)``."""
-    least = r.width + 4 + 4 + 8  # name length, dimension count, type, offset (an empty name, no dims)
+    """``({rope tensor name: (dims, ggml type, offset)}, offset where the table ends)``.
+
+    Entries are parsed straight from the read-ahead window, like skipped strings; a run of zero bytes is a
+    run of empty 0-dimension entries (a sparse file's holes), skipped in one step.
+    """
+    w = r.width
+    least = w + 4 + 4 + 8  # name length, dimension count, type, offset (an empty name, no dims)
     if n_tensors * least > r.left():
         raise r.fail(f"declares {n_tensors} tensors that cannot fit in the file")
     r.charge(n_tensors, "tensors")
     wanted = {name.encode(): name for name in ROPE_TENSORS}
-    lengths = {len(raw) for raw in wanted}
+    unpack_len = (_U32 if w == 4 else _U64).unpack_from
+    dims_code = "I" if w == 4 else "Q"
     found: dict[str, tuple[list[int], int, int]] = {}
-    for _ in range(n_tensors):
-        n = r.length()
-        if n > MAX_KEY:
-            raise r.fail(f"a tensor name of {n} bytes (at most {MAX_KEY})")
-        if n in lengths:
-            name = wanted.get(r.read(n))
-        else:
-            name = None
-            r.skip(n)
-        n_dims = int(r.scalar("<I", 4, name))
-        if n_dims > _GGML_MAX_DIMS:
-            raise r.fail(f"a tensor with {n_dims} dimensions (ggml has at most {_GGML_MAX_DIMS})", name)
-        dims = [r.length(name) for _ in range(n_dims)]
-        gtype = int(r.scalar("<I", 4, name))
-        offset = int(r.scalar("<Q", 8, name))
-        if name is not None:
-            if name in found:
-                raise r.fail("duplicate tensor name", name)
-            found[name] = (dims, gtype, offset)
+    left, need = n_tensors, least
+    while left:
+        i = r.window(need)
+        buf, end = r.buf, len(r.buf)
+        need = least
+        while left:
+            if i + least > end:
+                break
+            if not buf[i]:
+                k = min((r.zero_run(i) - i) // least, left)
+                if k:
+                    i += k * least
+                    left -= k
+                    continue
+            n = unpack_len(buf, i)[0]
+            if n > MAX_KEY:
+                raise r.fail(f"a tensor name of {n} bytes (at most {MAX_KEY})")
+            j = i + w + n
+            if j + 4 > end:
+                need = j + 4 - i  # the entry runs past the window: read it whole next time
+                break
+            n_dims = _U32.unpack_from(buf, j)[0]
+            name = wanted.get(buf[i + w : j]) if n in _ROPE_NAME_LENGTHS else None
+            if n_dims > _GGML_MAX_DIMS:
+                raise r.fail(f"a tensor with {n_dims} dimensions (ggml has at most {_GGML_MAX_DIMS})", name)
+            stop = j + 4 + n_dims * w + 4 + 8
+            if stop > end:
+                need = stop - i
+                break
+            if name is not None:
+                if name in found:
+                    raise r.fail("duplicate tensor name", name)
+                dims = list(struct.unpack_from(f"<{n_dims}{dims_code}", buf, j + 4))
+                gtype, offset = struct.unpack_from("<IQ", buf, j + 4 + n_dims * w)
+                found[name] = (dims, gtype, offset)
+            i = stop
+            left -= 1
+        buf = b""  # let the next window replace this one rather than sit beside it
+        r.pos = r.buf_at + i
     return found, r.pos
 
 

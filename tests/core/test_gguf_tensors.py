@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf", reason="writing GGUF files needs the gguf package")
 np = pytest.importorskip("numpy", reason="the gguf package writes numpy arrays")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared tiny GGUF writer
 
 import tiny_gguf as tg  # noqa: E402
 

@@ -18,7 +18,7 @@ import hardening_kit as kit
 import pytest
 
 from ropepatch import RopeConfigError, detect
-from ropepatch.metadata.gguf import MAX_ITEMS, read_gguf_metadata
+from ropepatch.metadata.gguf import MAX_ITEMS, TENSOR_NOTE, read_gguf_metadata
 
 GIB = 1 << 30
 LIMIT_S = 2.0
@@ -159,6 +159,18 @@ def test_large_strings_are_seeked_over(tmp_path: Path) -> None:
     _yarn(spec)
 
 
+def test_empty_strings_written_as_real_zeros(tmp_path: Path) -> None:
+    # not sparse: 2^20 empty strings as 8 MiB of zero bytes on disk, then the rope keys (the scanned path)
+    n = 1 << 20
+    kvs = HEAD_KVS + [("tokenizer.ggml.tokens", kit.ARRAY, (kit.STRING, []))]
+    img = kit.gguf_header(kvs, n_kv=len(kvs) + len(ROPE_KVS))
+    head = bytearray(img.data)
+    off, width, _ = [f for f in img.lengths if f[2] == "value array"][-1]
+    head[off : off + width] = n.to_bytes(width, "little")
+    path = kit.write_bytes(tmp_path / "m.gguf", bytes(head) + bytes(8 * n) + _entries(ROPE_KVS))
+    _yarn(timed_detect(path, "gguf-real-vocabulary"))
+
+
 def test_a_string_running_past_the_end_names_the_key(tmp_path: Path) -> None:
     body = [(0, struct.pack("<Q", 0)), (8, struct.pack("<Q", GIB))]
     path = sparse_gguf(tmp_path / "m.gguf", array=("tokenizer.ggml.merges", kit.STRING, 3), body=body)
@@ -197,3 +209,29 @@ def test_a_real_sized_vocabulary_still_reads_fast(tmp_path: Path) -> None:
     path = kit.write_bytes(tmp_path / "m.gguf", bytes(kit.gguf_header(kvs).data))
     spec = timed_detect(path, "gguf-real-vocabulary")
     _yarn(spec)
+
+
+# -- the tensor-info table (walked for the RoPE tensors) ------------------------------------------
+def _tensor_table_file(path: Path, n_tensors: int) -> Path:
+    """The keys of a YaRN x16 file, then ``n_tensors`` declared over 1 GiB of holes."""
+    head = bytes(kit.gguf_header(HEAD_KVS + ROPE_KVS, n_tensors=n_tensors).data)
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(GIB)
+    assert os.stat(path).st_blocks * 512 < 8 << 20
+    return path
+
+
+def test_tensor_count_beyond_the_cap_is_a_note_at_once(tmp_path: Path) -> None:
+    path = _tensor_table_file(tmp_path / "m.gguf", (GIB - 4096) // 24)
+    spec = timed_detect(path, "gguf-sparse-1gib")
+    _yarn(spec)  # the keys stand; the tensors are reported as unread
+    assert "tensors, beyond the" in read_gguf_metadata(path)[TENSOR_NOTE]
+
+
+def test_empty_tensor_entries_up_to_the_cap_are_walked_in_bulk(tmp_path: Path) -> None:
+    # 2^22 - 8 entries of 24 zero bytes (96 MiB of holes): walked, nothing found, quickly
+    path = _tensor_table_file(tmp_path / "m.gguf", MAX_ITEMS - len(HEAD_KVS) - len(ROPE_KVS))
+    spec = timed_detect(path, "gguf-sparse-1gib")
+    _yarn(spec)
+    assert TENSOR_NOTE not in read_gguf_metadata(path)
