@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ropepatch.hookspecs import hookimpl
     from ropepatch.metadata.view import ConfigView, Finding
     from ropepatch.methods.base import Method
-    from ropepatch.report import report
+    from ropepatch.changes import report
     from ropepatch.runtime import disable, enable, enabled, is_enabled, patch_model, temporarily_enabled
     from ropepatch.spec import RopeSpec
 
@@ -56,7 +56,7 @@ _LAZY = {
     "disable": ("ropepatch.runtime", "disable"),
     "enabled": ("ropepatch.runtime", "enabled"),
     "temporarily_enabled": ("ropepatch.runtime", "temporarily_enabled"),
-    "report": ("ropepatch.report", "report"),
+    "report": ("ropepatch.changes", "report"),
     # the plugin front door
     "hookimpl": ("ropepatch.hookspecs", "hookimpl"),
     "Method": ("ropepatch.methods.base", "Method"),
