@@ -18,11 +18,11 @@ from ropepatch.errors import RopeConfigError, RopepatchWarning
 
 if TYPE_CHECKING:
     from ropepatch.adapters.base import Adapter, Capability
+    from ropepatch.changes import report
     from ropepatch.detection import detect
     from ropepatch.hookspecs import hookimpl
     from ropepatch.metadata.view import ConfigView, Finding
     from ropepatch.methods.base import Method
-    from ropepatch.changes import report
     from ropepatch.runtime import disable, enable, enabled, is_enabled, patch_model, temporarily_enabled
     from ropepatch.spec import RopeSpec
 
