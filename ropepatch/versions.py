@@ -1,13 +1,16 @@
-"""Version gates read from distribution metadata, never by importing the runtime."""
+"""Installed runtime versions, read from distribution metadata, never by importing the runtime.
+
+The version policy itself (a floor, a tested-up-to version, probes) is the adapters' base class's:
+see :class:`ropepatch.adapters.base.Adapter`.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 
-from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["installed_version", "version_problem"]
+__all__ = ["installed_version"]
 
 
 def installed_version(distribution: str) -> Version | None:
@@ -18,16 +21,3 @@ def installed_version(distribution: str) -> Version | None:
         return None
     except InvalidVersion:
         return None
-
-
-def version_problem(requirement: str, version: Version | None = None) -> str | None:
-    """Why ``requirement`` (e.g. ``"transformers>=4.36,<6"``) is not met, or ``None`` when it is."""
-    req = Requirement(requirement)
-    if version is None:
-        version = installed_version(req.name)
-    if version is None:
-        return f"{req.name} is not installed"
-    # compare release numbers so that dev/rc builds of a tested release count as that release
-    if not req.specifier.contains(Version(version.base_version), prereleases=True):
-        return f"{req.name} {version} is outside the tested range {req.specifier}"
-    return None
