@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import warnings
 from typing import TYPE_CHECKING, Any
-
-from ropepatch.errors import RopepatchWarning
 
 if TYPE_CHECKING:
     import torch
@@ -53,15 +49,17 @@ STATIC = "static"
 CONTEXT = "context"
 PER_POSITION = "per-position"
 
-#: methods whose length dependence is a one-time switch at the original context, not a curve
-_SWITCHING = frozenset({"longrope"})
-
 
 def table_policy(spec: RopeSpec) -> str:
-    """``static``, ``context`` or ``per-position``: how a spec becomes a fixed table (module docstring)."""
+    """``static``, ``context`` or ``per-position``: how a spec becomes a fixed table (module docstring).
+
+    Read from the method's own ``length_dependence`` (see :class:`ropepatch.methods.base.Method`).
+    """
     if not spec.is_dynamic:
         return STATIC
-    if spec.method in _SWITCHING:
+    method = spec._method_obj
+    dependence = getattr(method, "length_dependence", None) or ("curve" if method.dynamic else "static")
+    if dependence == "switch":
         return CONTEXT
     return PER_POSITION
 
@@ -171,24 +169,3 @@ def sincos_table(
         sin *= f
         cos *= f
     return sin.to(dtype), cos.to(dtype)
-
-
-class SaysOnce:
-    """Log (or warn) each distinct message once per adapter: loads repeat per layer and per model.
-
-    The adapter sets ``self._lock`` (a lock) and ``self._said`` (a set) in its ``__init__``.
-    """
-
-    _lock: threading.Lock
-    _said: set[tuple[str, ...]]
-
-    def _say_once(self, key: tuple[str, ...], message: str, *, warn: bool = False) -> None:
-        with self._lock:
-            if key in self._said:
-                return
-            self._said.add(key)
-        if warn:
-            warnings.warn(message, RopepatchWarning, stacklevel=3)
-            log.warning(message)
-        else:
-            log.info(message)

@@ -6,8 +6,11 @@
   ``RotaryEmbedding(head_dim, base=10000)`` never sees its config). A ``sys.meta_path`` finder would
   miss these modules: transformers executes them from file locations itself.
 * ``modeling_gguf_pytorch_utils.load_gguf_checkpoint``: transformers maps ``rope.freq_base`` but
-  drops ``{arch}.rope.scaling.*``, so a YaRN x16 GGUF loads as plain RoPE. The scaling ropepatch
-  reads from the GGUF header is added to the config dict as transformers' own ``rope_scaling``.
+  drops ``{arch}.rope.scaling.*``, so a YaRN x16 GGUF loads as plain RoPE, and ignores the scaling
+  llama.cpp keeps in tensors (``rope_freqs``: Llama 3.x; ``rope_factors_long/short``: LongRoPE). The
+  scaling ropepatch reads from the GGUF is added to the config dict as transformers' own ``rope_scaling``
+  (``per-dim`` divisors as ``longrope`` with one factor set for both lengths and attention factor 1: the
+  same frequencies, in a type transformers computes itself).
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ def install_gguf(patches: PatchSet, gguf_utils: Any) -> None:
             rope = gguf_rope_scaling(gguf_checkpoint_path)
             if rope is not None:
                 config["rope_scaling"] = rope
+                if rope.get("original_max_position_embeddings") is not None:
+                    # a top-level class default (Phi-3's 4096) would otherwise win over the GGUF's own
+                    config.setdefault("original_max_position_embeddings", rope["original_max_position_embeddings"])
         return result
 
     patches.set(gguf_utils, "load_gguf_checkpoint", load_gguf_checkpoint)
@@ -89,7 +95,7 @@ def install_gguf(patches: PatchSet, gguf_utils: Any) -> None:
 
 def gguf_rope_scaling(path: Any) -> dict[str, Any] | None:
     """transformers' ``rope_scaling`` dict for the scaling in a GGUF header, or None when plain."""
-    from ropepatch.adapters.transformers_plan import _native_dict
+    from ropepatch.adapters.transformers.plan import _native_dict
     from ropepatch.detection import detect
     from ropepatch.errors import RopeConfigError
 
@@ -98,6 +104,19 @@ def gguf_rope_scaling(path: Any) -> dict[str, Any] | None:
     except RopeConfigError as exc:
         log.warning("ropepatch: cannot read the rope scaling of %s: %s", path, exc)
         return None
+    if spec.method == "per-dim":
+        factors = list(spec.method_params["freq_factors"])
+        # the original context only picks which of two equal factor sets applies: any length will do
+        original = spec.max_position_embeddings or 4096
+        return {
+            "rope_type": "longrope",
+            "type": "longrope",
+            "short_factor": factors,
+            "long_factor": factors,
+            "attention_factor": 1.0,
+            "factor": 1.0,
+            "original_max_position_embeddings": original,
+        }
     native = spec._method_obj.transformers_type
     if spec.method == "default" or native in (None, "default"):
         return None
