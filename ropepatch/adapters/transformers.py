@@ -113,7 +113,7 @@ class TransformersAdapter(Adapter):
 
 
 def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
-    from ropepatch.adapters.transformers_modules import fix_modules
+    from ropepatch.adapters.transformers_modules import fix_modules, is_remote
     from ropepatch.adapters.transformers_plan import apply_plan, forget, plan_for
 
     models = [m for m in model.modules() if isinstance(m, modeling_utils.PreTrainedModel)]
@@ -122,7 +122,8 @@ def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
         plan = plan_for(sub.config, runtime)
         if plan is None:
             continue
-        apply_plan(sub.config, plan)
+        if not is_remote(sub):
+            apply_plan(sub.config, plan)  # remote code keeps reading the config it understands
         fix_modules(sub, plan, convert=True)
 
 
@@ -196,6 +197,7 @@ def _install_model_hooks(patches: PatchSet, modeling_utils: Any) -> None:
 
 def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
     from ropepatch.adapters.transformers_legacy import patch_init_rope
+    from ropepatch.adapters.transformers_modules import is_remote
     from ropepatch.adapters.transformers_plan import apply_plan, plan_for
     from ropepatch.adapters.transformers_remote import building
 
@@ -210,6 +212,10 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
         return
     with _lock:
         patch_init_rope(patches, type(model))
+        if is_remote(model):
+            # remote code reads its config in its own dialect (config.rope_scaling["type"]): the config
+            # stays as loaded, and the rotary modules it builds are converted (transformers_modules)
+            return
         if plan.ours and hasattr(type(config), "__class_validators__"):
             from ropepatch.adapters.transformers_config import install_strict_validators
 
