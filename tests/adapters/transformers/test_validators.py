@@ -75,8 +75,8 @@ def test_the_default_type_stays_valid(enabled: Any) -> None:
 def test_a_rewritten_config_still_validates(enabled: Any) -> None:
     """The other half of the contract: a complete ropepatch rope dict passes validation."""
     import ropepatch
-    from ropepatch.adapters.transformers_plan import _ours_dict
-    from ropepatch.adapters.transformers_registry import type_key
+    from ropepatch.adapters.transformers.plan import _ours_dict
+    from ropepatch.adapters.transformers.registry import type_key
 
     spec = ropepatch.detect(
         {"head_dim": 16, "max_position_embeddings": 256},

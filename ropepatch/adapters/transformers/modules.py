@@ -25,8 +25,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ropepatch.adapters.transformers_plan import Plan
-from ropepatch.adapters.transformers_registry import track
+from ropepatch.adapters.transformers.plan import Plan
+from ropepatch.adapters.transformers.registry import track
 from ropepatch.errors import RopeConfigError
 
 __all__ = ["convert_one", "fix_modules", "is_registry_module", "rotary_modules"]
@@ -145,8 +145,8 @@ def _rebuilt_plain(module: Any, parents: dict[int, tuple[Any, str]]) -> Any:
     class instead, on the same device, which is then converted. Without ``_init_rope`` the module stays."""
     import torch
 
-    from ropepatch.adapters.transformers_legacy import plain_rope_view
-    from ropepatch.adapters.transformers_remote import building
+    from ropepatch.adapters.transformers.legacy import plain_rope_view
+    from ropepatch.adapters.transformers.remote import building
 
     parent, name = parents.get(id(module), (None, ""))
     init_rope = getattr(parent, "_init_rope", None)
