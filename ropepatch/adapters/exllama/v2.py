@@ -120,8 +120,10 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
                 raise
             self._say_once(("unreadable", str(model_dir), str(exc)), message, warn=True)
             return None
-        if spec.method == "default" and "method" not in spec.overridden:
-            return None  # nothing to correct: ExLlamaV2's plain RoPE and its own knobs stay in force
+        if spec.method == "default" and not spec.overridden:
+            # nothing to correct: ExLlamaV2's plain RoPE and its own knobs stay in force (an override of
+            # anything, rope_theta included, is not what ExLlamaV2 computes from the checkpoint)
+            return None
         for message in spec.warnings:
             self._say_once(("spec-warning", str(model_dir), message), f"ropepatch: {message}", warn=True)
         return spec
