@@ -209,8 +209,10 @@ def _retype(module: Any, plan: Plan) -> None:
     device = old.device if old.device.type != "meta" else None
     inv = inv.to(device) if device is not None else inv
     module.register_buffer(f"{prefix}inv_freq", inv, persistent=False)
-    if hasattr(module, f"{prefix}original_inv_freq"):
+    if f"{prefix}original_inv_freq" in module._buffers:
         module.register_buffer(f"{prefix}original_inv_freq", inv.clone(), persistent=False)
+    elif hasattr(module, f"{prefix}original_inv_freq"):  # 4.4x keep it as a plain attribute
+        setattr(module, f"{prefix}original_inv_freq", inv.clone())
     setattr(module, f"{prefix}attention_scaling" if layer else "attention_scaling", float(attention))
     if layer is not None:
         module.rope_type[layer] = plan.rope_type
@@ -225,7 +227,10 @@ def _retype(module: Any, plan: Plan) -> None:
 
 
 def _finish_registry(module: Any, plan: Plan) -> None:
-    setattr(module, _STATE, _State(plan, kind="registry"))
+    for handle in getattr(getattr(module, _STATE, None), "hooks", ()):
+        handle.remove()
+    state = _State(plan, kind="registry")
+    setattr(module, _STATE, state)
     if not (plan.ours and plan.spec.is_dynamic):
         return
     track(module)  # disable() keeps its rope type registered while the module lives
@@ -234,7 +239,7 @@ def _finish_registry(module: Any, plan: Plan) -> None:
     setattr(module, f"{prefix}max_seq_len_cached" if layer else "max_seq_len_cached", plan.threshold)
     module.original_max_seq_len = plan.threshold
     if plan.attention_varies or layer is not None:
-        module.register_forward_pre_hook(_registry_pre_hook, with_kwargs=True)
+        state.hooks.append(module.register_forward_pre_hook(_registry_pre_hook, with_kwargs=True))
 
 
 def _registry_pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
@@ -270,6 +275,7 @@ class _State:
         self.length = plan.threshold  # the length the current frequencies were computed for
         self.scale = plan.initial_attention
         self.written: Any = None  # the inv_freq tensor ropepatch wrote last
+        self.hooks: list[Any] = []  # removed when the module is converted again (patch_model)
 
 
 def _forward_kind(module: Any) -> str:
@@ -302,13 +308,16 @@ def _convert_legacy(module: Any, plan: Plan) -> None:
             "method it can only apply at the initial length. Use a static method for this model",
             key="method",
         )
+    previous = getattr(module, _STATE, None)
+    for handle in getattr(previous, "hooks", ()):
+        handle.remove()  # converted before under other settings: one set of hooks, or the factor applies twice
     state = _State(plan, kind)
     setattr(module, _STATE, state)
     _write(module, state, None)
     # also re-writes inv_freq when loading replaced the buffer (v5 remote code) or left it on meta
-    module.register_forward_pre_hook(_legacy_pre_hook, with_kwargs=True)
+    state.hooks.append(module.register_forward_pre_hook(_legacy_pre_hook, with_kwargs=True))
     if plan.initial_attention != 1.0 or plan.attention_varies:
-        module.register_forward_hook(_scale_outputs)
+        state.hooks.append(module.register_forward_hook(_scale_outputs))
 
 
 def _write(module: Any, state: _State, device: Any) -> None:
