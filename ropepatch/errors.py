@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RopeConfigError", "RopepatchWarning", "short_repr"]
+__all__ = ["RopeConfigError", "RopeConfigKeyError", "RopepatchWarning", "short_repr"]
 
 
 class RopeConfigError(ValueError):
@@ -25,6 +25,18 @@ class RopeConfigError(ValueError):
             prefix.append(f"key {key!r}")
         full = f"{': '.join(prefix)}: {message}" if prefix else message
         super().__init__(full)
+
+
+class RopeConfigKeyError(RopeConfigError, KeyError):
+    """A :class:`RopeConfigError` for a required key that is missing; also a :class:`KeyError`.
+
+    transformers' rope-type validators raise ``KeyError`` for a missing required key, and code (and
+    transformers' own tests) catch exactly that; ropepatch's validators keep the contract.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ would print the message as a quoted repr
+        return Exception.__str__(self)
 
 
 class RopepatchWarning(UserWarning):

@@ -168,6 +168,14 @@ def main() -> int:
         report["forward_on_cpu"] = "ran"
     except Exception as exc:  # noqa: BLE001
         report["forward_on_cpu"] = f"{type(exc).__name__}: {str(exc)[:80]}"
+    # an override of the checkpoint's own method wins: the config says yarn x4, enable() says x8
+    ropepatch.enable(method="yarn", factor=8.0)
+    yarn = CASES[2]
+    _, cos = table(rotary.PositionRotaryEmbedding, yarn)
+    report["override_yarn_x8_max_abs_dcos"] = float(
+        (cos - reference({**yarn, "rope": {**yarn["rope"], "factor": 8.0}}, ROWS)).abs().max()
+    )
+    report["override_vs_checkpoint_max_abs_dcos"] = float((cos - reference(yarn, ROWS)).abs().max())
     ropepatch.disable()
     report["restored_after_disable"] = "static" in vars(rotary.PositionRotaryEmbedding) and not getattr(
         vars(rotary.PositionRotaryEmbedding)["static"], "__ropepatch__", False
@@ -185,7 +193,13 @@ def main() -> int:
         print(
             f"| {name} | {fmt(n)} | {fmt(p)} | {p.get('class')} | {p.get('rows')} | {p.get('subclass_call_keeps_cls')} |"
         )
-    for key in ("table_reused_after_warmup", "forward_on_cpu", "restored_after_disable", "ropepatch_status"):
+    for key in (
+        "table_reused_after_warmup",
+        "forward_on_cpu",
+        "restored_after_disable",
+        "override_yarn_x8_max_abs_dcos",
+        "ropepatch_status",
+    ):
         print(f"{key}: {report[key]}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
@@ -194,6 +208,7 @@ def main() -> int:
         for r in results
         if r["mode"] == "ropepatch"
     )
+    ok = ok and report["override_yarn_x8_max_abs_dcos"] < 2e-3
     return 0 if ok and report["restored_after_disable"] else 1
 
 

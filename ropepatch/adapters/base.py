@@ -322,7 +322,7 @@ class Adapter:
     def spec_for(self, state: EnableState, source: Any, *, label: str = "", keep_own: str = "") -> RopeSpec | None:
         """The spec the runtime must use for ``source``, or ``None`` to leave the runtime alone.
 
-        ``None`` when the spec is plain RoPE and no override names a method, and (with a warning;
+        ``None`` when the spec is plain RoPE as the checkpoint says it (:meth:`leaves_alone`), and (with a warning;
         strict: the error) when the metadata cannot be read; ``keep_own`` says what the runtime keeps
         then. The spec's own warnings are said once.
         """
@@ -346,8 +346,13 @@ class Adapter:
 
     @staticmethod
     def leaves_alone(spec: RopeSpec) -> bool:
-        """Plain RoPE and no override named a method: the runtime's own RoPE is already right."""
-        return spec.method == "default" and "method" not in spec.overridden
+        """Plain RoPE as the checkpoint says it: the runtime's own RoPE is already right.
+
+        Not when an override changed a number plain RoPE computes with (the method, the base, the
+        rotary width): the runtime would compute the checkpoint's values, and overrides always win.
+        Scaled specs are never left alone here; each adapter keeps what its runtime computes exactly.
+        """
+        return spec.method == "default" and not (spec.overridden & _PLAIN_NUMBERS)
 
     def refuse_beyond_tables(self, spec: RopeSpec, what: str = "") -> None:
         """Raise :class:`RopeConfigError` when ``spec`` needs more than a cos/sin table (see :func:`refuse_beyond_tables`)."""
@@ -405,6 +410,9 @@ class Adapter:
 
 
 _said_lock = threading.Lock()
+
+#: what plain RoPE computes with: an override of any of these is not what a runtime computes on its own
+_PLAIN_NUMBERS = frozenset({"method", "rope_theta", "rotary_dim", "head_dim"})
 
 
 def refuse_beyond_tables(spec: RopeSpec, what: str, hint: str = "") -> None:

@@ -169,3 +169,36 @@ def test_verify_model_reads_transformers_rotary_embeddings(tmp_path: Path) -> No
     wrong = webui.verify_model(hf_model, spec.replace(factor=8.0))
     assert not wrong["matches"] and wrong["max_rel_error"] > 0.5
     assert webui.verify_model(object(), spec) == {"checked": 0}
+
+
+def test_a_panel_override_of_the_checkpoints_own_method_reaches_the_loaded_model(tmp_path: Path) -> None:
+    """Saved in the panel: factor 8 for a yarn x4 checkpoint; the model the webui loads then runs yarn x8."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    def tiny(rope: dict[str, Any]) -> LlamaConfig:
+        return LlamaConfig(
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=32,
+            max_position_embeddings=16384,
+            rope_parameters={"rope_theta": 1e4, **rope},
+        )
+
+    folder = tmp_path / "models" / "tiny-yarn"
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny(YARN)).save_pretrained(folder)
+    store = webui.OverrideStore(tmp_path / "overrides.json")
+    store.set("tiny-yarn", {"method": "yarn", "factor": 8})
+    webui.enable_with_store(store)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    data = webui.panel_data(folder, "tiny-yarn", store)
+    assert (data["method"], data["factor"], data["effective_context"]) == ("yarn", 8.0, 32768)
+    rot = next(m for m in loaded.modules() if "RotaryEmbedding" in type(m).__name__)
+    inv, attention = ROPE_INIT_FUNCTIONS["yarn"](tiny({**YARN, "factor": 8.0}), "cpu")
+    assert torch.allclose(rot.inv_freq, inv, rtol=1e-6, atol=0) and rot.attention_scaling == attention
+    spec = ropepatch.runtime.current().spec_for(folder)
+    assert webui.verify_model(loaded, spec)["matches"]

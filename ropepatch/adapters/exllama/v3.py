@@ -89,6 +89,17 @@ def settings_view(settings: Any, origin: Any = None) -> Any:
     return ConfigView(data=data, path=path, kind="config.json", label="config.json", names=names)
 
 
+def _checkpoint_theta(directory: str) -> float | None:
+    """The base a checkpoint folder's metadata gives, without overrides (None when unreadable)."""
+    from ropepatch.detection import resolve
+    from ropepatch.metadata.sources import load_view
+
+    try:
+        return float(resolve(load_view(directory)).rope_theta)
+    except RopeConfigError:
+        return None
+
+
 def _rope_type(settings: Any) -> str | None:
     kind = getattr(settings, "override_type", None)
     if not kind and settings.rope_scaling:
@@ -201,12 +212,12 @@ class ExLlamaV3Adapter(Adapter):
             return None
         for message in spec.warnings:
             self.say_once(("spec-warning", label, message), f"ropepatch: {message}", warn=True)
-        if (
-            origin
-            and origin.whole_config
-            and abs(spec.rope_theta - float(settings.rope_theta)) > 1e-6 * spec.rope_theta
-        ):
-            return None  # another RoPE family of the same model (a local/global base): not described by the spec
+        if origin and origin.whole_config:
+            # the checkpoint's own base tells the model's main RoPE family from another one (a local/global
+            # base), which the spec does not describe; an overridden base is compared as the checkpoint says it
+            theta = _checkpoint_theta(origin.directory) if "rope_theta" in spec.overridden else spec.rope_theta
+            if theta is None or abs(theta - float(settings.rope_theta)) > 1e-6 * theta:
+                return None
         return spec
 
     def refusal(self, spec: Any, settings: Any) -> str:

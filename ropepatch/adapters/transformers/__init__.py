@@ -124,7 +124,7 @@ def _point(fn: Callable[[PatchSet, Any], None], patches: PatchSet, module: Any) 
 
 
 def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
-    from ropepatch.adapters.transformers.modules import fix_modules
+    from ropepatch.adapters.transformers.modules import fix_modules, is_remote
     from ropepatch.adapters.transformers.plan import apply_plan, forget, plan_for
 
     models = [m for m in model.modules() if isinstance(m, modeling_utils.PreTrainedModel)]
@@ -133,7 +133,8 @@ def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
         plan = plan_for(sub.config, runtime)
         if plan is None:
             continue
-        apply_plan(sub.config, plan)
+        if not is_remote(sub):
+            apply_plan(sub.config, plan)  # remote code keeps reading the config it understands
         fix_modules(sub, plan, convert=True)
         _built(sub, plan, runtime)
 
@@ -179,6 +180,7 @@ def _install_model_hooks(patches: PatchSet, modeling_utils: Any) -> None:
 
 def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
     from ropepatch.adapters.transformers.legacy import patch_init_rope
+    from ropepatch.adapters.transformers.modules import is_remote
     from ropepatch.adapters.transformers.plan import apply_plan, plan_for
     from ropepatch.adapters.transformers.remote import building
 
@@ -193,6 +195,10 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
         return
     with _lock:
         patch_init_rope(patches, type(model))
+        if is_remote(model):
+            # remote code reads its config in its own dialect (config.rope_scaling["type"]): the config
+            # stays as loaded, and the rotary modules it builds are converted (.modules)
+            return
         if plan.ours and hasattr(type(config), "__class_validators__"):
             from ropepatch.adapters.transformers.config import install_strict_validators
 
@@ -217,7 +223,7 @@ def _finish(model: Any, state: Any) -> None:
 
 def _built(model: Any, plan: Any, state: Any) -> None:
     """After a model's rotary modules are final: the self-check (first model) and the line saying what changed."""
-    from ropepatch.adapters.transformers.modules import is_registry_module, rotary_modules
+    from ropepatch.adapters.transformers.modules import is_registry_module, is_remote, rotary_modules
     from ropepatch.adapters.transformers.plan import native_summary
 
     if plan.unchanged:
@@ -227,7 +233,8 @@ def _built(model: Any, plan: Any, state: Any) -> None:
     if not spec.is_dynamic and plan.layer is None:
         for module in rotary_modules(model):
             inv = getattr(module, "inv_freq", None)
-            if is_registry_module(module) and inv is not None and inv.device.type != "meta":
+            # remote modules were converted outside the registry (their temperature is a forward hook)
+            if is_registry_module(module) and not is_remote(module) and inv is not None and inv.device.type != "meta":
                 adapter.self_check(
                     state, spec, inv, getattr(module, "attention_scaling", None), where=type(module).__name__
                 )

@@ -5,13 +5,19 @@ Before the rope registry (Llama 4.43, most families 4.45-4.48), each config clas
 dynamic) and each attention class picked its rotary class in ``_init_rope`` (``ValueError`` for
 anything else). ropepatch lets through every ``rope_scaling`` it can resolve, and builds the plain
 class where the spec is not one transformers computes; :mod:`.modules` then converts it.
+
+Remote code of 2023-24 (``trust_remote_code``) copied that pattern: its ``_init_rope`` picks a class
+from ``config.rope_scaling["type"]``. Its config is never rewritten (it must keep reading a dict it
+understands); under an override, ``_init_rope`` builds the plain class the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ropepatch.adapters.transformers.plan import cached_plan
@@ -19,7 +25,7 @@ from ropepatch.adapters.transformers.registry import is_ropepatch_type
 from ropepatch.errors import RopeConfigError
 from ropepatch.patching import PatchSet, is_patched
 
-__all__ = ["VALIDATED_CONFIG_MODULES", "patch_config_validators", "patch_init_rope"]
+__all__ = ["VALIDATED_CONFIG_MODULES", "patch_config_validators", "patch_init_rope", "plain_rope_view"]
 
 #: config modules whose class validated rope_scaling itself in some tested version
 VALIDATED_CONFIG_MODULES = tuple(
@@ -100,11 +106,31 @@ def _plain_unless_native(original: Any) -> Any:
         if not known or plan is None or plan.unchanged:
             return original(self)
         # build the model's plain rotary class; ropepatch converts it when the model is finished
-        saved = config.rope_scaling
-        config.__dict__["rope_scaling"] = None
-        try:
+        with plain_rope_view(config):
             return original(self)
-        finally:
-            config.__dict__["rope_scaling"] = saved
 
     return _init_rope
+
+
+@contextlib.contextmanager
+def plain_rope_view(config: Any) -> Iterator[None]:
+    """For the block, ``config.rope_scaling`` reads ``None`` (the plain-RoPE branch of ``_init_rope``).
+
+    The config is left as it was afterwards. transformers 5 makes ``rope_scaling`` a property over
+    ``rope_parameters`` (remote code still reads ``rope_scaling``), so that attribute is the one hidden.
+    """
+    attr = "rope_parameters" if isinstance(getattr(type(config), "rope_scaling", None), property) else "rope_scaling"
+    missing = object()
+    saved = config.__dict__.get(attr, missing)
+    with _view_lock:
+        config.__dict__[attr] = None
+        try:
+            yield
+        finally:
+            if saved is missing:
+                config.__dict__.pop(attr, None)
+            else:
+                config.__dict__[attr] = saved
+
+
+_view_lock = threading.RLock()

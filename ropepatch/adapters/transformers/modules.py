@@ -69,16 +69,31 @@ def is_registry_module(module: Any) -> bool:
     return hasattr(module, "rope_type") and getattr(module, "config", None) is not None
 
 
+def is_remote(obj: Any) -> bool:
+    """True for an object whose class comes from ``trust_remote_code`` modelling code."""
+    return type(obj).__module__.startswith("transformers_modules")
+
+
 def fix_modules(model: Any, plan: Plan, *, convert: bool) -> int:
     """Finish or convert the rotary modules of ``model``; ``convert`` also retypes registry modules
-    built from another rope type (``patch_model``). Returns how many modules were touched."""
+    built from another rope type, and rebuilds per-model scaling classes as plain ones
+    (``patch_model``). Returns how many modules were touched."""
     n = 0
-    for module in rotary_modules(model):
+    parents = _parents(model) if convert and not plan.unchanged else {}
+    for module in list(rotary_modules(model)):
         if getattr(module, _STATE, None) is not None and getattr(module, _STATE).plan is plan:
             continue
-        if is_registry_module(module):
+        if is_remote(module):
+            if plan.unchanged:
+                continue  # remote code that computes its own config as transformers does: its reference
+            if convert:
+                module = _rebuilt_plain(module, parents)
+            _convert_foreign(module, plan)
+        elif is_registry_module(module):
             current = _module_type(module, plan.layer)
-            if current != plan.rope_type:
+            # patch_model: a module of the plan's own type was built from the checkpoint's values
+            # (yarn x4), and an override changed them (yarn x8): recompute it from the rewritten config
+            if current != plan.rope_type or (convert and not plan.unchanged):
                 if not convert and current is not None and not plan.ours:
                     # built by a class that reads the config differently; leave transformers' result
                     log.debug(
@@ -89,20 +104,71 @@ def fix_modules(model: Any, plan: Plan, *, convert: bool) -> int:
         else:
             if plan.unchanged and _NATIVE_SCALING_CLASS.search(type(module).__name__):
                 continue  # transformers built its own scaling class from a config it computes right
+            if convert and _NATIVE_SCALING_CLASS.search(type(module).__name__):
+                module = _rebuilt_plain(module, parents)
             _convert_legacy(module, plan)
         n += 1
     return n
 
 
 def convert_one(module: Any, plan: Plan) -> None:
-    """Convert one freshly built rotary module (remote code) unless it was already."""
+    """Convert one freshly built remote-code rotary module unless it was already.
+
+    Left alone when the plan is ``unchanged``: the config's rope dict is one transformers computes
+    as the spec, and the remote code read that same dict (a model implementing its own config).
+    """
     state = getattr(module, _STATE, None)
-    if state is not None and state.plan is plan:
+    if (state is not None and state.plan is plan) or plan.unchanged:
         return
+    _convert_foreign(module, plan)
+
+
+def _convert_foreign(module: Any, plan: Plan) -> None:
+    """Convert a remote-code rotary module: its config was not rewritten, so even a module shaped like
+    transformers' registry ones (``rope_type``, ``attention_scaling``) computed the checkpoint's own
+    RoPE; its own scaling is switched off and the spec's frequencies written in."""
     if is_registry_module(module):
-        _finish_registry(module, plan)
-    else:
-        _convert_legacy(module, plan)
+        if isinstance(module.rope_type, str):
+            module.rope_type = "default"  # no dynamic update of its own on top of ropepatch's
+        if hasattr(module, "attention_scaling"):
+            module.attention_scaling = 1.0  # the spec's factor is applied to the outputs instead
+    _convert_legacy(module, plan)
+
+
+def _parents(model: Any) -> dict[int, tuple[Any, str]]:
+    return {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
+
+
+def _rebuilt_plain(module: Any, parents: dict[int, tuple[Any, str]]) -> Any:
+    """``patch_model``: a scaling class built from the config (``LlamaDynamicNTKScalingRotaryEmbedding``,
+    remote code's own) computes its scaling in its cache; the owner's ``_init_rope`` builds the plain
+    class instead, on the same device, which is then converted. Without ``_init_rope`` the module stays."""
+    import torch
+
+    from ropepatch.adapters.transformers.legacy import plain_rope_view
+    from ropepatch.adapters.transformers.remote import building
+
+    parent, name = parents.get(id(module), (None, ""))
+    init_rope = getattr(parent, "_init_rope", None)
+    config = getattr(parent, "config", None)
+    if init_rope is None or config is None:
+        return module
+    device = module.inv_freq.device
+    saved = getattr(building, "config", None)
+    building.config = None  # the caller converts the new module under its own plan
+    try:
+        with plain_rope_view(config), torch.device("meta" if device.type == "meta" else "cpu"):
+            init_rope()
+    finally:
+        building.config = saved
+    new = getattr(parent, name, None)
+    if new is None or new is module or not _has_inv_freq(new):
+        setattr(parent, name, module)
+        return module
+    if device.type != "meta":
+        new.to(device)
+    log.debug("ropepatch: rebuilt %s as %s for conversion", type(module).__name__, type(new).__name__)
+    return new
 
 
 def _module_type(module: Any, layer: str | None) -> str | None:
@@ -143,8 +209,10 @@ def _retype(module: Any, plan: Plan) -> None:
     device = old.device if old.device.type != "meta" else None
     inv = inv.to(device) if device is not None else inv
     module.register_buffer(f"{prefix}inv_freq", inv, persistent=False)
-    if hasattr(module, f"{prefix}original_inv_freq"):
+    if f"{prefix}original_inv_freq" in module._buffers:
         module.register_buffer(f"{prefix}original_inv_freq", inv.clone(), persistent=False)
+    elif hasattr(module, f"{prefix}original_inv_freq"):  # 4.4x keep it as a plain attribute
+        setattr(module, f"{prefix}original_inv_freq", inv.clone())
     setattr(module, f"{prefix}attention_scaling" if layer else "attention_scaling", float(attention))
     if layer is not None:
         module.rope_type[layer] = plan.rope_type
@@ -159,7 +227,10 @@ def _retype(module: Any, plan: Plan) -> None:
 
 
 def _finish_registry(module: Any, plan: Plan) -> None:
-    setattr(module, _STATE, _State(plan, kind="registry"))
+    for handle in getattr(getattr(module, _STATE, None), "hooks", ()):
+        handle.remove()
+    state = _State(plan, kind="registry")
+    setattr(module, _STATE, state)
     if not (plan.ours and plan.spec.is_dynamic):
         return
     track(module)  # disable() keeps its rope type registered while the module lives
@@ -168,7 +239,7 @@ def _finish_registry(module: Any, plan: Plan) -> None:
     setattr(module, f"{prefix}max_seq_len_cached" if layer else "max_seq_len_cached", plan.threshold)
     module.original_max_seq_len = plan.threshold
     if plan.attention_varies or layer is not None:
-        module.register_forward_pre_hook(_registry_pre_hook, with_kwargs=True)
+        state.hooks.append(module.register_forward_pre_hook(_registry_pre_hook, with_kwargs=True))
 
 
 def _registry_pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
@@ -204,6 +275,7 @@ class _State:
         self.length = plan.threshold  # the length the current frequencies were computed for
         self.scale = plan.initial_attention
         self.written: Any = None  # the inv_freq tensor ropepatch wrote last
+        self.hooks: list[Any] = []  # removed when the module is converted again (patch_model)
 
 
 def _forward_kind(module: Any) -> str:
@@ -236,13 +308,16 @@ def _convert_legacy(module: Any, plan: Plan) -> None:
             "method it can only apply at the initial length. Use a static method for this model",
             key="method",
         )
+    previous = getattr(module, _STATE, None)
+    for handle in getattr(previous, "hooks", ()):
+        handle.remove()  # converted before under other settings: one set of hooks, or the factor applies twice
     state = _State(plan, kind)
     setattr(module, _STATE, state)
     _write(module, state, None)
     # also re-writes inv_freq when loading replaced the buffer (v5 remote code) or left it on meta
-    module.register_forward_pre_hook(_legacy_pre_hook, with_kwargs=True)
+    state.hooks.append(module.register_forward_pre_hook(_legacy_pre_hook, with_kwargs=True))
     if plan.initial_attention != 1.0 or plan.attention_varies:
-        module.register_forward_hook(_scale_outputs)
+        state.hooks.append(module.register_forward_hook(_scale_outputs))
 
 
 def _write(module: Any, state: _State, device: Any) -> None:

@@ -489,6 +489,15 @@ def _same(spec: RopeSpec, other: RopeSpec | None) -> bool:
     return other is not None and _numbers(spec) == _numbers(other)
 
 
+def _holds(current: Mapping[str, Any], rewrite: Mapping[str, Any]) -> bool:
+    """True when ``current`` already carries every value of a native rewrite.
+
+    The type alone is not enough: an override of the checkpoint's own method (yarn x8 over the
+    checkpoint's yarn x4) keeps the type and changes the values.
+    """
+    return all(current.get(k) == v for k, v in rewrite.items())
+
+
 def _embedded(rope: Mapping[str, Any]) -> RopeSpec | None:
     from ropepatch.adapters.transformers.registry import spec_from_rope_dict
 
@@ -514,7 +523,7 @@ def apply_plan(config: Any, plan: Plan) -> None:
     if (
         current is not None
         and _current_type(current) == plan.rope_type
-        and (not plan.ours or _same(plan.spec, _embedded(current)))
+        and (_same(plan.spec, _embedded(current)) if plan.ours else _holds(current, plan.rewrite))
     ):
         return  # already written (nested models call this once per PreTrainedModel)
     _remember_original(config, attr)

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from ropepatch.errors import RopeConfigError
+from ropepatch.errors import RopeConfigError, RopeConfigKeyError
 from ropepatch.patching import PatchSet
 from ropepatch.spec import RopeSpec
 
@@ -60,10 +60,12 @@ def spec_from_rope_dict(rope: Mapping[str, Any]) -> RopeSpec:
     """The spec embedded in a rope dict ropepatch rewrote (cached: configs are read per forward)."""
     embed = rope.get(EMBED_KEY) if isinstance(rope, Mapping) else None
     if not isinstance(embed, Mapping) or not isinstance(embed.get("spec"), Mapping):
-        raise RopeConfigError(
-            f"rope type {rope.get('rope_type')!r} is ropepatch's, but the config carries no ropepatch spec; "
-            "was it edited by hand? Load the original checkpoint with ropepatch.enable() instead",
-            key="rope_parameters",
+        # a KeyError too: transformers' validators raise KeyError for a missing required key
+        raise RopeConfigKeyError(
+            f"rope type {rope.get('rope_type')!r} is ropepatch's, but the rope dict has no {EMBED_KEY!r} key "
+            "(the resolved spec); was it edited by hand? Load the original checkpoint with ropepatch.enable() "
+            "instead",
+            key=EMBED_KEY,
         )
     text = json.dumps(embed["spec"], sort_keys=True)
     spec = _spec_cache.get(text)

@@ -178,3 +178,73 @@ def test_table_rows():
     assert table_rows(yarn, environ={}) == 16384
     dyn = RopeSpec(method="dynamic", factor=2.0, max_position_embeddings=4096, rotary_dim=64)
     assert table_rows(dyn, environ={"MAX_TOTAL_TOKENS": "bogus"}) == 8192
+
+
+# -- overrides of the checkpoint's own scaling --------------------------------------------------
+OVERRIDE_CASES = {
+    "yarn x4 -> x8": (
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+        {"method": "yarn", "factor": 8.0},
+        {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096},
+    ),
+    "linear x2 -> factor 4": (
+        {"rope_type": "linear", "factor": 2.0},
+        {"factor": 4.0},
+        {"rope_type": "linear", "factor": 4.0},
+    ),
+    "llama3 x8 -> x16": (
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 4096,
+        },
+        {"method": "llama3", "factor": 16.0},
+        {
+            "rope_type": "llama3",
+            "factor": 16.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 4096,
+        },
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("route", ["kwargs", "ROPEPATCH", "per_model"])
+@pytest.mark.parametrize("case", list(OVERRIDE_CASES))
+def test_an_override_of_the_checkpoints_own_scaling_wins(state, monkeypatch, case, route):
+    """TGI builds layers inside its shards (no model object for patch_model); the other routes apply."""
+    import ropepatch
+
+    monkeypatch.setenv("MAX_TOTAL_TOKENS", "8192")
+    rope, override, expected = OVERRIDE_CASES[case]
+    config = llama(rope, max_pos=16384)
+    config._name_or_path = "acme/tiny-scaled-4k"
+    tgi_reads = {"type": rope["rope_type"], **{k: v for k, v in rope.items() if k != "rope_type"}}
+    if route == "kwargs":
+        ropepatch.enable(**override)
+    elif route == "ROPEPATCH":
+        rest = ",".join(f"{k}={v:g}" for k, v in override.items() if k != "method")
+        monkeypatch.setenv("ROPEPATCH", f"{override['method']}:{rest}" if "method" in override else rest)
+        ropepatch.enable()
+    else:
+        ropepatch.enable(per_model={"*tiny-scaled*": override, "*other*": {"factor": 32.0}})
+    spec, rows, cos, sin = table_for(ropepatch.runtime.current(), config, rope_scaling=tgi_reads)
+    assert rows == 8192 and spec.effective_factor == expected["factor"]
+    ref_cos, ref_sin = reference_table(llama(expected, max_pos=16384), rows)
+    assert (cos - ref_cos).abs().max() < 2e-3 and (sin - ref_sin).abs().max() < 2e-3
+    own_cos, _ = reference_table(llama(rope, max_pos=16384), rows)
+    assert (cos - own_cos).abs().max() > 0.1  # not the checkpoint's own table
+
+
+def test_a_base_override_reaches_a_plain_checkpoint(state, monkeypatch):
+    import ropepatch
+
+    ropepatch.enable(rope_theta=500000.0)
+    spec, _, cos, _ = table_for(ropepatch.runtime.current(), llama(None), rows=4096)
+    assert spec.rope_theta == 500000.0
+    inv = torch.tensor([500000.0 ** (-2 * i / HEAD) for i in range(HEAD // 2)], dtype=torch.float64).float()
+    ref = torch.outer(torch.arange(4096, dtype=torch.float32), inv).cos()
+    assert (cos - ref).abs().max() < 2e-3

@@ -118,3 +118,105 @@ def test_nested_rope_parameters():
         }
 
     assert [p["rope_type"] for p in rope_parameter_sets(Cfg())] == ["linear", "default"]
+
+
+# -- overrides of the checkpoint's own scaling --------------------------------------------------
+LLAMA3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4096}
+OVERRIDE_CASES = {
+    "yarn x4 -> x8": (
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+        {"method": "yarn", "factor": 8.0},
+        {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096},
+        32768,
+    ),
+    "linear x2 -> factor 4": ({"rope_type": "linear", "factor": 2.0}, {"factor": 4.0}, {"rope_type": "linear", "factor": 4.0}, 16384),
+    "llama3 x8 -> x16": (
+        {"rope_type": "llama3", "factor": 8.0, **LLAMA3},
+        {"method": "llama3", "factor": 16.0},
+        {"rope_type": "llama3", "factor": 16.0, **LLAMA3},
+        16384,  # llama3's context is the config's max_position_embeddings, whatever the factor
+    ),
+}  # fmt: skip
+
+
+def _layers(route, override, monkeypatch):
+    """The override layers vLLM's processes get (the plugin calls enable(); settings come from there)."""
+    import ropepatch
+
+    ropepatch.disable()
+    if route == "kwargs":
+        ropepatch.enable(**override)
+    elif route == "ROPEPATCH":
+        rest = ",".join(f"{k}={v:g}" for k, v in override.items() if k != "method")
+        monkeypatch.setenv("ROPEPATCH", f"{override['method']}:{rest}" if "method" in override else rest)
+        ropepatch.enable()
+    else:
+        ropepatch.enable(per_model={"*tiny-scaled*": override, "*other*": {"factor": 32.0}})
+    layers = ropepatch.runtime.current().layers()
+    ropepatch.disable()
+    return layers
+
+
+@pytest.mark.parametrize("route", ["kwargs", "ROPEPATCH", "per_model"])
+@pytest.mark.parametrize("case", list(OVERRIDE_CASES))
+def test_an_override_of_the_checkpoints_own_scaling_wins(case, route, monkeypatch):
+    """vLLM builds its layers in engine processes (no model object for patch_model); the other routes apply.
+
+    The rope dict vLLM passes names the checkpoint's own scaling, which vLLM computes itself; with an
+    override the layer is ropepatch's, its table equal to transformers' for the overridden values, and
+    the serving context (vLLM's derived max_model_len) the overridden one."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from ropepatch.adapters.tables import cos_sin_table
+
+    monkeypatch.delenv("ROPEPATCH", raising=False)
+    rope, override, expected, context = OVERRIDE_CASES[case]
+    config = LlamaConfig(
+        hidden_size=256,
+        num_attention_heads=2,
+        max_position_embeddings=16384,
+        rope_parameters={"rope_theta": 10000.0, **rope},
+    )
+    config._name_or_path = "acme/tiny-scaled-4k"
+    rp = rope_parameter_sets(config)[0]
+    assert plan(rp, hf_config=config, max_position=16384).spec is None  # vLLM's own, without the override
+    p = plan(rp, _layers(route, override, monkeypatch), hf_config=config, max_position=16384)
+    assert p.spec is not None and p.reason == "override"
+    assert p.spec.method == expected["rope_type"] and serving_context(p.spec) == context
+
+    reference = LlamaConfig(
+        hidden_size=256,
+        num_attention_heads=2,
+        max_position_embeddings=16384,
+        rope_parameters={"rope_theta": 10000.0, **expected},
+    )
+    inv, attention = ROPE_INIT_FUNCTIONS[expected["rope_type"]](reference, "cpu")
+    cos, sin, table_inv = cos_sin_table(p.spec, 4096)
+    assert torch.allclose(table_inv, inv.float(), rtol=1e-6, atol=0)
+    angles = torch.outer(torch.arange(4096, dtype=torch.float32), inv.float())
+    assert (cos - angles.cos() * attention).abs().max() < 2e-3
+    assert (sin - angles.sin() * attention).abs().max() < 2e-3
+
+
+def test_the_max_model_len_follows_the_override(monkeypatch):
+    from ropepatch.adapters.vllm import _config_context
+
+    monkeypatch.delenv("ROPEPATCH", raising=False)
+    rope, override, _, context = OVERRIDE_CASES["yarn x4 -> x8"]
+    config = LlamaConfig(
+        hidden_size=256,
+        num_attention_heads=2,
+        max_position_embeddings=16384,
+        rope_parameters={"rope_theta": 10000.0, **rope},
+    )
+
+    class State:
+        def __init__(self, layers):
+            self._layers = layers
+
+        def layers(self):
+            return self._layers
+
+    assert _config_context(State([]), config) is None  # vLLM's own rule is right for its own yarn
+    assert _config_context(State(_layers("kwargs", override, monkeypatch)), config) == context
