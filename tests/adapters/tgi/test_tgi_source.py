@@ -52,4 +52,5 @@ def test_tgi_rotary_on_cpu(tmp_path):
     assert report["table_reused_after_warmup"] and report["restored_after_disable"]
     # an override of the checkpoint's own method (yarn x8 over the config's yarn x4) wins
     assert report["override_yarn_x8_max_abs_dcos"] < 2e-3 < 0.1 < report["override_vs_checkpoint_max_abs_dcos"]
-    assert "tgi" in report["ropepatch_status"]["installed"]  # (transformers too: the check builds its configs)
+    installed = report["ropepatch_status"]["installed"]  # transformers too: check_tgi.py imports it
+    assert "tgi" in installed and "tgi-1x" not in installed, installed
