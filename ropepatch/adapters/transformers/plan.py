@@ -3,7 +3,7 @@
 The rule (per config, cached): keep the config as it is when transformers already computes the spec
 from it; else write transformers' own type for the method when its numbers agree (checked by
 running transformers' init function on a copy of the config, so version quirks such as 4.43-4.55
-YaRN are caught); else write a ``ropepatch_*`` type (see :mod:`transformers_registry`). Methods
+YaRN are caught); else write a ``ropepatch_*`` type (see :mod:`.registry`). Methods
 that need more than cos/sin scaling are refused with a :class:`RopeConfigError` unless the model
 applies the rest itself.
 """
@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ropepatch.adapters.transformers_registry import EMBED_KEY, is_ropepatch_type, type_key
+from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type, type_key
 from ropepatch.errors import RopeConfigError
 from ropepatch.spec import RopeSpec
 
-__all__ = ["Plan", "apply_plan", "forget", "plan_for", "rope_attr", "uses_rope"]
+__all__ = ["Plan", "apply_plan", "forget", "native_summary", "plan_for", "rope_attr", "uses_rope"]
 
 log = logging.getLogger("ropepatch")
 
@@ -179,7 +179,7 @@ def _first_loaded(config: Any) -> dict[str, Any]:
 
 def _config_data(config: Any) -> dict[str, Any]:
     """The config as loaded: rope dicts ropepatch rewrote are read as they were before."""
-    from ropepatch.adapters.transformers_config import _MISSING, _original_of
+    from ropepatch.adapters.transformers.config import _MISSING, _original_of
 
     try:
         data = config.to_dict()
@@ -198,6 +198,26 @@ def _config_data(config: Any) -> dict[str, Any]:
         data["_name_or_path"] = name
     data.setdefault("model_type", getattr(config, "model_type", None))
     return data
+
+
+def native_summary(config: Any) -> str:
+    """What transformers alone would build from ``config`` as loaded, in words (for the change line)."""
+    data = _config_data(config)
+    rope = data.get("rope_parameters") or data.get("rope_scaling")
+    if isinstance(rope, Mapping) and rope and all(isinstance(v, Mapping) for v in rope.values()):
+        rope = rope.get("full_attention") or next(iter(rope.values()))
+    kind, factor = "default", None
+    if isinstance(rope, Mapping):
+        kind = str(rope.get("rope_type") or rope.get("type") or "default")
+        factor = rope.get("factor")
+    theta = (rope or {}).get("rope_theta") if isinstance(rope, Mapping) else None
+    theta = theta if theta is not None else data.get("rope_theta")
+    words = (
+        "plain RoPE" if kind == "default" else f"{kind}" + (f" x{factor:g}" if isinstance(factor, (int, float)) else "")
+    )
+    context = data.get("max_position_embeddings")
+    extra = [f"theta={theta:g}" if isinstance(theta, (int, float)) else None, f"context {context}" if context else None]
+    return " ".join([words, *[e for e in extra if e]])
 
 
 def _resolve(config: Any, state: Any) -> Plan | None:
@@ -269,7 +289,7 @@ def _choose(config: Any, attr: str | None, layer: str | None, current: dict | No
     ctype = _current_type(current)
     if is_ropepatch_type(ctype):
         # a config ropepatch already rewrote (a copied config, a second model from the same config)
-        from ropepatch.adapters.transformers_registry import spec_from_rope_dict
+        from ropepatch.adapters.transformers.registry import spec_from_rope_dict
 
         embedded = spec_from_rope_dict(current)  # type: ignore[arg-type]
         if _numbers(embedded) == _numbers(spec):
@@ -470,7 +490,7 @@ def _same(spec: RopeSpec, other: RopeSpec | None) -> bool:
 
 
 def _embedded(rope: Mapping[str, Any]) -> RopeSpec | None:
-    from ropepatch.adapters.transformers_registry import spec_from_rope_dict
+    from ropepatch.adapters.transformers.registry import spec_from_rope_dict
 
     try:
         return spec_from_rope_dict(rope)

@@ -6,7 +6,7 @@ and restored exactly by ``ropepatch.disable()``:
 
 =========================================  ===================================================
 ``modeling_rope_utils``                    ropepatch types in ``ROPE_INIT_FUNCTIONS`` and the
-                                           validators (:mod:`transformers_registry`); v5 ``su`` fix
+                                           validators (:mod:`.registry`); v5 ``su`` fix
 ``configuration_utils``                    ``to_dict`` writes configs back as loaded
 ``modeling_utils.PreTrainedModel``         ``__init__``: plan the config and rewrite its rope dict
                                            before any module reads it; ``post_init``: finish or
@@ -24,24 +24,23 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ropepatch.adapters.base import Adapter
-from ropepatch.errors import RopepatchWarning
+from ropepatch.adapters.base import Adapter, Capability
 from ropepatch.hookspecs import hookimpl
-from ropepatch.patching import PatchSet, when_imported
+from ropepatch.patching import PatchSet, patch_lock
 
 __all__ = ["TransformersAdapter", "register_adapters"]
 
 log = logging.getLogger("ropepatch")
 
-#: the versions the compatibility matrix (compat/MATRIX.md) runs
-TESTED = "transformers>=4.36,<5.24"
+#: the oldest and newest versions the compatibility matrix (compat/MATRIX.md) runs
+FLOOR, TESTED_UP_TO = "4.36", "5.23"
 
-_lock = threading.RLock()
+# the lock every deferred patch runs under: a model build patching its class (kernels, <= 4.47
+# _init_rope) never interleaves with a patch point being installed or undone
+_lock = patch_lock
 
 STRICT_CONFIG_MODULES = tuple(
     f"transformers.models.{m}.configuration_{m}" for m in ("phi3", "phimoe", "phi4_multimodal", "deepseek_v4")
@@ -55,28 +54,36 @@ def _current() -> Any:
 
 
 class TransformersAdapter(Adapter):
-    """Patches Hugging Face transformers 4.36-5.23 (see the module docstring for the patch points)."""
+    """Patches Hugging Face transformers from 4.36 on (see the module docstring for the patch points)."""
 
     name = "transformers"
     distribution = "transformers"
-    requires = TESTED
+    floor = FLOOR
+    tested_up_to = TESTED_UP_TO
     trigger = "transformers"
+    capabilities = (
+        Capability("transformers.modeling_rope_utils", "ROPE_INIT_FUNCTIONS"),
+        Capability("transformers.configuration_utils", "PretrainedConfig.to_dict"),
+        Capability("transformers.modeling_utils", "PreTrainedModel.__init__", ("config",)),
+        Capability("transformers.modeling_utils", "PreTrainedModel.post_init"),
+        Capability("transformers.dynamic_module_utils", "get_class_in_module"),
+        Capability("transformers.modeling_gguf_pytorch_utils", "load_gguf_checkpoint"),
+    )
 
-    def install(self, patches: PatchSet, runtime: Any) -> None:
+    def install(self, patches: PatchSet, state: Any) -> None:
         """Install every patch point now or when its module is imported."""
-        from ropepatch.adapters.transformers_config import (
+        from ropepatch.adapters.transformers.config import (
             install_config_patches,
             install_from_dict,
             install_rope_config_patches,
             patch_strict_module,
         )
-        from ropepatch.adapters.transformers_legacy import VALIDATED_CONFIG_MODULES, patch_config_validators
-        from ropepatch.adapters.transformers_plan import forget
-        from ropepatch.adapters.transformers_registry import install_registry
-        from ropepatch.adapters.transformers_remote import install_gguf, install_remote
+        from ropepatch.adapters.transformers.legacy import VALIDATED_CONFIG_MODULES, patch_config_validators
+        from ropepatch.adapters.transformers.plan import forget
+        from ropepatch.adapters.transformers.registry import install_registry
+        from ropepatch.adapters.transformers.remote import install_gguf, install_remote
 
         forget()  # plans made under earlier settings
-        state = runtime
 
         def rope_utils(p: PatchSet, m: Any) -> None:
             install_registry(p, m)
@@ -94,16 +101,16 @@ class TransformersAdapter(Adapter):
         # v5 strict classes whose captured validate_rope rejects all but transformers' own types
         points += [(name, lambda p, m: patch_strict_module(p, m, _current)) for name in STRICT_CONFIG_MODULES]
         for name, fn in points:
-            _on_import(patches, state, name, fn)
+            self.defer(patches, state, name, functools.partial(_point, fn, patches))
 
-    def patch_model(self, model: Any, runtime: Any) -> bool:
+    def patch_model(self, model: Any, state: Any) -> bool:
         """Fix a transformers model built before ``enable()``; False for anything else."""
         modeling_utils = sys.modules.get("transformers.modeling_utils")
         if modeling_utils is None or not isinstance(model, modeling_utils.PreTrainedModel):
             return False
-        temporary = _temporary_registry(runtime)
+        temporary = _temporary_registry(state)
         try:
-            _convert_model(model, runtime, modeling_utils)
+            _convert_model(model, state, modeling_utils)
         finally:
             if temporary is not None:
                 # without enable(): leave no registry entries behind, but those a live dynamic
@@ -112,9 +119,13 @@ class TransformersAdapter(Adapter):
         return True
 
 
+def _point(fn: Callable[[PatchSet, Any], None], patches: PatchSet, module: Any) -> None:
+    fn(patches, module)
+
+
 def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
-    from ropepatch.adapters.transformers_modules import fix_modules
-    from ropepatch.adapters.transformers_plan import apply_plan, forget, plan_for
+    from ropepatch.adapters.transformers.modules import fix_modules
+    from ropepatch.adapters.transformers.plan import apply_plan, forget, plan_for
 
     models = [m for m in model.modules() if isinstance(m, modeling_utils.PreTrainedModel)]
     for sub in reversed(models):  # innermost first: each owns the rotary modules below it
@@ -124,35 +135,7 @@ def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
             continue
         apply_plan(sub.config, plan)
         fix_modules(sub, plan, convert=True)
-
-
-def _on_import(patches: PatchSet, state: Any, name: str, fn: Callable[[PatchSet, Any], None]) -> None:
-    if name in sys.modules:
-        fn(patches, sys.modules[name])  # inside install()'s transaction: a failure undoes everything
-        return
-
-    def hook(module: Any) -> None:
-        if _current() is not state or TransformersAdapter.name in state.failures:
-            return  # disabled meanwhile, or the adapter already gave up
-        with _lock:
-            try:
-                with patches.transaction():
-                    fn(patches, module)
-            except Exception as exc:  # noqa: BLE001 - an import must not fail because of ropepatch
-                # no half-applied adapter: undo every point installed so far and stop
-                patches.restore()
-                state.installed.pop(TransformersAdapter.name, None)
-                version = TransformersAdapter().version()
-                message = (
-                    f"ropepatch: the transformers adapter failed to patch {name} (transformers {version}) and "
-                    f"left transformers unchanged: {type(exc).__name__}: {exc}"
-                )
-                state.failures[TransformersAdapter.name] = message
-                warnings.warn(message, RopepatchWarning, stacklevel=2)
-                log.warning(message)
-
-    hook.__ropepatch_state__ = state  # type: ignore[attr-defined]  # disable() cancels it
-    when_imported(name, hook)
+        _built(sub, plan, runtime)
 
 
 def _temporary_registry(state: Any) -> PatchSet | None:
@@ -162,7 +145,7 @@ def _temporary_registry(state: Any) -> PatchSet | None:
     rope_utils = sys.modules.get("transformers.modeling_rope_utils")
     if rope_utils is None:
         return None
-    from ropepatch.adapters.transformers_registry import install_registry
+    from ropepatch.adapters.transformers.registry import install_registry
 
     patches = PatchSet("transformers (patch_model)")
     install_registry(patches, rope_utils)
@@ -195,13 +178,13 @@ def _install_model_hooks(patches: PatchSet, modeling_utils: Any) -> None:
 
 
 def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
-    from ropepatch.adapters.transformers_legacy import patch_init_rope
-    from ropepatch.adapters.transformers_plan import apply_plan, plan_for
-    from ropepatch.adapters.transformers_remote import building
+    from ropepatch.adapters.transformers.legacy import patch_init_rope
+    from ropepatch.adapters.transformers.plan import apply_plan, plan_for
+    from ropepatch.adapters.transformers.remote import building
 
     building.config = config
     if state.kernels:
-        from ropepatch.adapters.transformers_kernels import route_to_kernels
+        from ropepatch.adapters.transformers.kernels import route_to_kernels
 
         with _lock:
             route_to_kernels(patches, type(model))
@@ -211,15 +194,15 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
     with _lock:
         patch_init_rope(patches, type(model))
         if plan.ours and hasattr(type(config), "__class_validators__"):
-            from ropepatch.adapters.transformers_config import install_strict_validators
+            from ropepatch.adapters.transformers.config import install_strict_validators
 
             install_strict_validators(patches, type(config), _current)
         apply_plan(config, plan)
 
 
 def _finish(model: Any, state: Any) -> None:
-    from ropepatch.adapters.transformers_modules import fix_modules
-    from ropepatch.adapters.transformers_plan import cached_plan
+    from ropepatch.adapters.transformers.modules import fix_modules
+    from ropepatch.adapters.transformers.plan import cached_plan
 
     known, plan = cached_plan(model.config)
     if not known:
@@ -229,11 +212,46 @@ def _finish(model: Any, state: Any) -> None:
         return
     if plan is not None:
         fix_modules(model, plan, convert=False)
+        _built(model, plan, state)
+
+
+def _built(model: Any, plan: Any, state: Any) -> None:
+    """After a model's rotary modules are final: the self-check (first model) and the line saying what changed."""
+    from ropepatch.adapters.transformers.modules import is_registry_module, rotary_modules
+    from ropepatch.adapters.transformers.plan import native_summary
+
+    if plan.unchanged:
+        return  # transformers computes the spec from the config itself: nothing was changed
+    adapter = _adapter()
+    spec = plan.spec
+    if not spec.is_dynamic and plan.layer is None:
+        for module in rotary_modules(model):
+            inv = getattr(module, "inv_freq", None)
+            if is_registry_module(module) and inv is not None and inv.device.type != "meta":
+                adapter.self_check(
+                    state, spec, inv, getattr(module, "attention_scaling", None), where=type(module).__name__
+                )
+            break
+    config = model.config
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    adapter.changed(
+        spec,
+        model=name or f"a {type(model).__name__} (no checkpoint name)",
+        before=native_summary(config),
+        identity=name or id(config),
+    )
+
+
+def _adapter() -> TransformersAdapter:
+    from ropepatch.registry import get_registry
+
+    found = get_registry().adapters.get(TransformersAdapter.name)
+    return found if isinstance(found, TransformersAdapter) else TransformersAdapter()
 
 
 def _convert_remote(module: Any, config: Any) -> None:
-    from ropepatch.adapters.transformers_modules import convert_one
-    from ropepatch.adapters.transformers_plan import plan_for
+    from ropepatch.adapters.transformers.modules import convert_one
+    from ropepatch.adapters.transformers.plan import plan_for
 
     state = _current()
     if state is None:
