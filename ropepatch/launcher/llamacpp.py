@@ -118,8 +118,13 @@ def _pairs(flags: Sequence[str]) -> list[tuple[str, str]]:
     return [(flags[i], flags[i + 1]) for i in range(0, len(flags), 2)]
 
 
-def llamacpp_command(argv: Sequence[str], overrides: Mapping[str, Any]) -> LlamaCppCommand:
+def llamacpp_command(
+    argv: Sequence[str], overrides: Mapping[str, Any], *, spec: Any = None, context: bool = True
+) -> LlamaCppCommand:
     """``argv`` with the llama.cpp flags for its GGUF's spec appended (the user's own flags win).
+
+    ``spec`` replaces detection (a caller that resolved it already, e.g. with per-model overrides);
+    ``context=False`` leaves ``-c`` out.
 
     Raises :class:`~ropepatch.errors.RopeConfigError` (``LlamaCppUnsupported`` for a method llama.cpp cannot
     run) before anything starts.
@@ -145,14 +150,15 @@ def llamacpp_command(argv: Sequence[str], overrides: Mapping[str, Any]) -> Llama
         return LlamaCppCommand(argv, summary=f"ropepatch: {os.path.basename(argv[0])}: {where}; nothing added")
     if not os.path.exists(model):
         raise RopeConfigError("no such file (given with -m)", path=model, key="-m")
-    spec = detect(model, emit_warnings=False, **overrides)
+    if spec is None:
+        spec = detect(model, emit_warnings=False, **overrides)
     settings, facts = settings_for_gguf(model, spec)
     result = LlamaCppCommand(argv, model=model, summary=settings.describe())
-    if spec.method == "default" and not overrides and settings.attn_factor_key is None:
+    if spec.method == "default" and not overrides and not spec.overridden and settings.attn_factor_key is None:
         result.summary = "plain RoPE per its metadata"
         return result  # llama.cpp reads the same from the GGUF
     user_kv = _kv_overrides(argv)
-    for flag, value in _pairs(settings.flags(facts.arch)):
+    for flag, value in _pairs(settings.flags(facts.arch, context=context)):
         if flag == "--override-kv":
             key = value.split("=", 1)[0]
             if key in user_kv:
