@@ -324,10 +324,24 @@ def _translate(
     raise _refuse(spec, m)
 
 
-def llamacpp_flags(spec: Any, arch: str = "llama") -> tuple[list[str] | None, str]:
-    """``(flags, note)`` for ``ropepatch inspect --as llama.cpp``; ``flags`` is None when inexpressible."""
+def llamacpp_flags(spec: Any, arch: str = "llama", *, facts: GGUFRope | None = None) -> tuple[list[str] | None, str]:
+    """``(flags, note)`` for ``ropepatch inspect --as llama.cpp``; ``flags`` is None when inexpressible.
+
+    ``facts`` (from :func:`gguf_rope`) describe the GGUF the flags are for; without them ``arch`` names it.
+    """
+    if facts is not None:
+        arch = facts.arch
     try:
-        settings = translate(spec, arch=arch)
+        if facts is not None:
+            settings = translate(
+                spec,
+                arch=arch,
+                yarn_log_multiplier=facts.yarn_log_multiplier,
+                has_rope_freqs=facts.has_rope_freqs,
+                gguf_attn_factor=facts.attn_factor,
+            )
+        else:
+            settings = translate(spec, arch=arch)
     except LlamaCppUnsupported as exc:
         return None, exc.reason
     except (RopeConfigError, OverflowError, ValueError, ZeroDivisionError) as exc:
