@@ -133,7 +133,7 @@ class LlamaCppSettings:
 
     def flags(self, arch: str, *, context: bool = True) -> list[str]:
         """Flags for llama-server / llama-cli (``arch`` names the attn-factor kv-override key)."""
-        out = ["--rope-scaling", self.scaling_type, "--rope-freq-base", _g(self.freq_base)]
+        out = ["--rope-scaling", self.scaling_type]
         if self.factor is not None:
             out += ["--rope-scale", _g(self.factor)]
         if self.yarn_orig_ctx is not None:
@@ -144,6 +144,7 @@ class LlamaCppSettings:
             out += ["--yarn-beta-fast", _g(self.yarn_beta_fast)]
         if self.yarn_beta_slow is not None:
             out += ["--yarn-beta-slow", _g(self.yarn_beta_slow)]
+        out += ["--rope-freq-base", _g(self.freq_base)]
         if self.attn_factor_key is not None:
             out += ["--override-kv", f"{arch}.rope.scaling.attn_factor=float:{_g(self.attn_factor_key)}"]
         if context and self.context is not None:
