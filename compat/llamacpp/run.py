@@ -45,7 +45,7 @@ def main() -> int:
         "",
         f"A random F32 Llama (2 layers, hidden 64, 4 heads / 2 KV heads, vocab 64) written once as a GGUF and "
         f"once as a transformers model; {SEQ} positions = 4x the original context {ORIGINAL}. Max |Δlogit| "
-        "between llama.cpp and transformers + ropepatch (logits up to about 5 in size):",
+        "between llama.cpp (F32 KV cache) and transformers + ropepatch (logits up to about 10 in size):",
         "",
         "| case | past the original context | all positions | expected |",
         "|---|---|---|---|",

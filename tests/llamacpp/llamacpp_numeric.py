@@ -125,7 +125,16 @@ def llamacpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
     import llama_cpp
 
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=SEQ, n_batch=SEQ, n_ubatch=SEQ, logits_all=True, verbose=False, n_threads=2, seed=0
+        model_path=str(path),
+        n_ctx=SEQ,
+        n_batch=SEQ,
+        n_ubatch=SEQ,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        seed=0,
+        type_k=llama_cpp.GGML_TYPE_F32,  # the KV cache defaults to f16: 1e-2 of rounding on logits of 10
+        type_v=llama_cpp.GGML_TYPE_F32,
     )
     try:
         llm.eval(tokens)
