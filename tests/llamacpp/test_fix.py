@@ -144,3 +144,27 @@ def test_checkpoint_folder_gets_transformers_native_config(tmp_path: Path) -> No
         "fix", str(src), "--out", str(tmp_path / "bad"), "--method", "part-ntk", "--factor", "4", "--original", "4096"
     )
     assert r.returncode == 2 and "no native rope type for 'part-ntk'" in r.stderr
+
+
+@pytest.mark.slow
+def test_fixed_gguf_runs_right_in_llama_cpp_without_ropepatch(tmp_path: Path) -> None:
+    """Round trip through llama.cpp itself: the fixed copy needs no ropepatch to match transformers' YaRN."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'ropepatch[llamacpp]')")
+    pytest.importorskip("transformers", reason="the reference is transformers' own YaRN")
+    from llamacpp_models import random_weights, write_gguf
+    from llamacpp_numeric import ORIGINAL, SEQ, YARN, Case, llamacpp_logits, transformers_logits
+
+    import ropepatch
+
+    weights = random_weights(0)
+    plain = write_gguf(tmp_path / "plain.gguf", weights, context_length=ORIGINAL)
+    out = tmp_path / "fixed.gguf"
+    r = cli("fix", str(plain), "--out", str(out), "--method", "yarn", "--factor", "4", "--original", str(ORIGINAL))
+    assert r.returncode == 0, r.stderr
+    ropepatch.disable()
+    tokens = [int(t) for t in np.random.default_rng(1).integers(3, 64, SEQ)]
+    reference = transformers_logits(weights, Case("yarn", None, YARN), tokens)  # transformers' native YaRN
+    fixed = llamacpp_logits(out, tokens)
+    unfixed = llamacpp_logits(plain, tokens)
+    assert np.abs(fixed - reference).max() < 1e-3
+    assert np.abs(unfixed - reference)[ORIGINAL:].max() > 0.1  # the copy is what changed it

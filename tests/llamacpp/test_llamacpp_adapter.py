@@ -66,6 +66,9 @@ def test_plain_gguf_without_overrides_is_left_alone(plain_gguf: Path) -> None:
     llm.close()
 
 
+# the strict refusal raises before Llama.__init__ runs; llama-cpp-python's __del__ then trips on the
+# half-built object (its own AttributeError, reported by pytest as unraisable)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_inexpressible_warns_and_keeps_the_gguf(plain_gguf: Path) -> None:
     ropepatch.enable(method="dynamic", factor=4, original_max_position_embeddings=64)
     with warnings.catch_warnings(record=True) as caught:
