@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.adapters.exllama.v3",
     "ropepatch.adapters.tgi",
     "ropepatch.adapters.vllm",
+    "ropepatch.adapters.llamacpp",
 )
 
 ENTRY_POINT_GROUP = "ropepatch"

@@ -63,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
     spec = detect(args.source, use_env=not args.no_env, emit_warnings=False, **overrides_from_args(args))
     if args.as_ == "llama.cpp":
-        from ropepatch.llamacpp import llamacpp_flags
+        from ropepatch.llamacpp import gguf_rope, llamacpp_flags
+        from ropepatch.metadata.gguf import is_gguf
 
-        flags, note = llamacpp_flags(spec)
+        # a GGUF's own architecture names the kv-override key, its own keys change YaRN's arithmetic
+        facts = gguf_rope(args.source) if spec.source and is_gguf(spec.source) else None
+        flags, note = llamacpp_flags(spec, facts=facts)
         if flags is None:
             print(f"# no llama.cpp equivalent for {spec.method}: {note}")
             return 1

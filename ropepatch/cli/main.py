@@ -17,6 +17,7 @@ __all__ = ["VERBS", "build_parser", "main"]
 
 VERBS: tuple[str, ...] = (
     "ropepatch.cli.inspect_cmd",
+    "ropepatch.cli.fix_cmd",
     "ropepatch.cli.methods_cmd",
     "ropepatch.cli.plugins_cmd",
     "ropepatch.cli.run_cmd",

@@ -63,9 +63,8 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     runtimes = args.runtimes.split(",") if args.runtimes else None
     # validation first: nothing runs with overrides that a child would reject
-    env = launch_environment(
-        overrides_from_args(args), kernels=args.kernels, strict=args.strict, runtimes=runtimes, log=args.log
-    )
+    overrides = overrides_from_args(args)
+    env = launch_environment(overrides, kernels=args.kernels, strict=args.strict, runtimes=runtimes, log=args.log)
     if args.print_env:
         for key in _SHOWN:
             if key in env:
@@ -74,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         print("ropepatch: error: run needs a command after --, e.g. ropepatch run -- python serve.py", file=sys.stderr)
         return 2
+    command = _llamacpp_hook(command, overrides)
     sys.stdout.flush()
     sys.stderr.flush()
     if os.name != "posix":  # no exec on Windows: wait for the child and pass its status on
@@ -89,6 +89,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"ropepatch: error: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
         return 126
     return 0  # not reached
+
+
+def _llamacpp_hook(command: list[str], overrides: dict[str, Any]) -> list[str]:
+    """A llama.cpp binary is not Python: its GGUF's scaling goes onto its command line instead."""
+    from ropepatch.launcher.llamacpp import is_llamacpp_binary, llamacpp_command
+
+    if not is_llamacpp_binary(command[0]):
+        return command
+    result = llamacpp_command(command, overrides)
+    print(result.report(), file=sys.stderr)
+    return result.argv
 
 
 def _not_found(name: str) -> int:

@@ -6,8 +6,15 @@ tested without a webui checkout:
 * :class:`OverrideStore`: per-model overrides (method, factor, alpha, original context) saved as JSON
   under the webui's ``user_data`` folder, handed to :func:`ropepatch.enable` as a ``per_model``
   mapping so they apply to that model and no other.
-* :func:`setup`: enable ropepatch and, because a ``--model`` given on the command line is loaded
-  before extensions run, reload that model once so it is built patched.
+* :func:`setup`: enable ropepatch. A ``--model`` given on the command line is loaded before
+  extensions run; it is reloaded only when that first load did not get the scaling (ropepatch was
+  not enabled at start-up and the loaded model's rotary frequencies differ from the spec), and at
+  most once per process. Started under ``ropepatch run -- python server.py ...`` (or with the
+  ``.pth`` hook), the model is built right the first time and loaded once.
+* :func:`install_llamacpp_loader`: the llama.cpp loader starts ``llama-server`` with a command line
+  built in ``modules/llama_cpp_server.py``; the spec's flags (:mod:`ropepatch.llamacpp`) join the
+  webui's ``extra_flags`` for that start, the user's own flags winning. What llama.cpp cannot run is
+  said in the log and the panel, and the GGUF's own settings stay.
 * :func:`panel_data` / :func:`panel_markdown`: what the UI panel shows for the loaded model (method,
   factor, original and effective context, where each value came from, the overrides in force).
 * :func:`build_panel`: the gradio panel (the RoPE controls the webui removed in v4.1).
@@ -37,6 +44,8 @@ __all__ = [
     "api_status",
     "build_panel",
     "enable_with_store",
+    "install_llamacpp_loader",
+    "llamacpp_loader_flags",
     "literal_pattern",
     "panel_data",
     "panel_markdown",
@@ -128,7 +137,15 @@ class OverrideStore:
 
     def per_model(self) -> dict[str, dict[str, Any]]:
         """The ``per_model`` mapping for :func:`ropepatch.enable` (exact model names as globs)."""
-        return {literal_pattern(name): values for name, values in self.all().items() if values}
+        out: dict[str, dict[str, Any]] = {}
+        for name, values in self.all().items():
+            if not values:
+                continue
+            out[literal_pattern(name)] = values
+            if name.endswith(".gguf"):
+                # the webui names a GGUF model by its file name; a GGUF path is known by its stem
+                out.setdefault(literal_pattern(name[: -len(".gguf")]), values)
+        return out
 
     def _write(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,13 +184,187 @@ def reload_model(shared: Any, models: Any) -> bool:
     return True
 
 
+#: set once the start-up model has been dealt with: the webui re-runs an extension's setup() when it
+#: rebuilds the interface (a user extension is imported again as a new module), and a second reload
+#: there would load the model yet again
+_startup_done = threading.Event()
+
+
 def setup(store: OverrideStore, shared: Any, models: Any) -> bool:
-    """Enable ropepatch with the store's overrides and reload a model loaded before this ran."""
+    """Enable ropepatch with the store's overrides; reload a model loaded before this ran, only if it needs it.
+
+    Returns True when it reloaded. No reload when ropepatch was already enabled while the model was
+    built (``ropepatch run`` / the ``.pth`` hook), when the loaded model already rotates with its spec,
+    or when this already ran in this process.
+    """
+    from ropepatch import runtime
+
+    enabled_at_start = runtime.current() is not None
     enable_with_store(store)
-    if getattr(shared, "model", None) is None:
+    if getattr(shared, "model", None) is None or _startup_done.is_set():
+        _startup_done.set()
         return False
-    log.info("ropepatch: reloading %s so that it is built with its detected RoPE scaling", shared.model_name)
+    _startup_done.set()
+    name = getattr(shared, "model_name", None)
+    if enabled_at_start and type(shared.model).__name__ != "LlamaServer":
+        log.info("ropepatch: %s was built with ropepatch enabled at start-up; not reloading it", name)
+        return False
+    reason = startup_reload_reason(shared, store)
+    if reason is None:
+        log.info("ropepatch: %s already runs with its RoPE spec; not reloading it", name)
+        return False
+    log.info(
+        "ropepatch: reloading %s once: %s (start the webui with `ropepatch run -- python server.py ...` to build it "
+        "right the first time)",
+        name,
+        reason,
+    )
     return reload_model(shared, models)
+
+
+def startup_reload_reason(shared: Any, store: OverrideStore) -> str | None:
+    """Why the model the webui loaded before the extension ran must be loaded again, or None."""
+    from ropepatch import runtime
+
+    name = getattr(shared, "model_name", None)
+    args = getattr(shared, "args", None)
+    path = _model_path(args, name)
+    state = runtime.current()
+    if state is None or path is None:
+        return "ropepatch cannot tell which checkpoint it is"
+    try:
+        spec = state.spec_for(path)
+    except RopeConfigError as exc:
+        log.warning("ropepatch: %s: %s", name, exc)
+        return None  # nothing ropepatch could apply: a reload would change nothing
+    if spec.method == "default" and not spec.overridden:
+        return None
+    model = getattr(shared, "model", None)
+    if type(model).__name__ == "LlamaServer":
+        if str(name) in llamacpp_notes:
+            return None  # started through install_llamacpp_loader's hook
+        # the server was started before the loader hook existed: its command line lacks the flags
+        return "llama-server was started without the RoPE flags"
+    check = verify_model(model, spec)
+    if check.get("checked") and check.get("matches"):
+        return None
+    return "it was built before ropepatch was enabled"
+
+
+def _model_path(args: Any, name: Any) -> str | None:
+    if not name or name == "None":
+        return None
+    model_dir = getattr(args, "model_dir", None) or "user_data/models"
+    return str(Path(model_dir) / str(name))
+
+
+# -- the llama.cpp loader --------------------------------------------------------------------
+#: per model name: what the llama.cpp loader did (flags added, or why it could not), for the panel
+llamacpp_notes: dict[str, str] = {}
+_loader_lock = threading.Lock()
+_loader_installed: set[int] = set()
+
+
+def llamacpp_loader_flags(model_path: str, extra_flags: str | None) -> tuple[str | None, str]:
+    """``(new extra_flags or None, note)`` for starting llama-server on ``model_path`` under the current state.
+
+    The user's ``extra_flags`` come first and win over the spec's flags (checked flag by flag); the
+    result keeps the webui's format (literal ``--flag value`` or legacy ``flag=value,...``). ``None``
+    means "leave extra_flags as they are" (nothing to add, ropepatch off, or llama.cpp cannot run the spec).
+    """
+    import shlex
+
+    from ropepatch import runtime
+    from ropepatch.launcher.llamacpp import llamacpp_command
+    from ropepatch.llamacpp import LlamaCppUnsupported
+
+    state = runtime.current()
+    if state is None:
+        return None, "ropepatch is not enabled"
+    text = (extra_flags or "").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    legacy = bool(text) and not text.startswith("-")
+    given = _legacy_to_argv(text) if legacy else shlex.split(text)
+    try:
+        spec = state.spec_for(model_path)
+        # the webui passes --ctx-size itself: -c from here would silently replace the user's setting
+        result = llamacpp_command(["llama-server", "-m", model_path, *given], {}, spec=spec, context=False)
+    except LlamaCppUnsupported as exc:
+        return (
+            None,
+            f"the llama.cpp loader cannot apply this model's RoPE: {exc}; llama.cpp uses the GGUF's own settings",
+        )
+    except RopeConfigError as exc:
+        return None, f"cannot read this model's RoPE: {exc}"
+    note = result.report().removeprefix("ropepatch: ")
+    if not result.added:
+        return None, note
+    pairs = [(result.added[i], result.added[i + 1]) for i in range(0, len(result.added), 2)]
+    if legacy:
+        addition = ",".join(f"{flag.lstrip('-')}={value}" for flag, value in pairs)
+        return f"{text},{addition}", note
+    addition = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in pairs)
+    return (f"{text} {addition}".strip()), note
+
+
+def _legacy_to_argv(text: str) -> list[str]:
+    """The webui's legacy ``flag=value,flag2`` extra_flags as argv (its own expansion rules)."""
+    out: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        flag, sep, value = item.partition("=")
+        flag = flag.strip()
+        dashes = "-" if len(flag) <= 3 and flag not in {"rpc", "fit", "pos", "ppl"} else "--"
+        out.append(dashes + flag)
+        if sep:
+            out.append(value.strip())
+    return out
+
+
+def install_llamacpp_loader(shared: Any, llama_cpp_server: Any) -> bool:
+    """Make the webui's llama.cpp loader start llama-server with the spec's flags; False if not possible.
+
+    Wraps ``LlamaServer._start_server``: for that call only, ``shared.args.extra_flags`` also carries the
+    flags, so the webui's own command builder puts them on the command line. Installed once per class.
+    """
+    cls = getattr(llama_cpp_server, "LlamaServer", None)
+    original = getattr(cls, "_start_server", None)
+    if cls is None or original is None:
+        log.warning("ropepatch: this webui's llama.cpp loader has no LlamaServer._start_server; RoPE flags not applied")
+        return False
+    with _loader_lock:
+        if id(cls) in _loader_installed or getattr(original, "__ropepatch__", False):
+            return True
+        _loader_installed.add(id(cls))
+
+    def _start_server(self: Any) -> Any:
+        args = getattr(shared, "args", None)
+        path = str(getattr(self, "model_path", "") or "")
+        if args is None or not path:
+            return original(self)
+        before = getattr(args, "extra_flags", None)
+        flags, note = llamacpp_loader_flags(path, before)
+        name = getattr(shared, "model_name", None) or Path(path).name
+        llamacpp_notes[str(name)] = note
+        if "cannot" in note:
+            log.warning("ropepatch: %s", note)
+        else:
+            log.info("ropepatch: llama.cpp loader: %s", note)
+        if flags is None:
+            return original(self)
+        args.extra_flags = flags
+        try:
+            return original(self)
+        finally:
+            args.extra_flags = before
+
+    _start_server.__ropepatch__ = True  # type: ignore[attr-defined]
+    _start_server.__wrapped__ = original  # type: ignore[attr-defined]
+    cls._start_server = _start_server
+    return True
 
 
 # -- what the panel shows ----------------------------------------------------------------------
@@ -216,7 +407,32 @@ def panel_data(
         warnings=list(spec.warnings),
         notes=list(spec.notes),
     )
+    if str(model_name) in llamacpp_notes:
+        out["llamacpp"] = llamacpp_notes[str(model_name)]
+    elif _is_gguf_model(model_path):
+        out["llamacpp"] = _llamacpp_preview(model_path, spec)
     return out
+
+
+def _is_gguf_model(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return p.suffix == ".gguf" or (p.is_dir() and any(p.glob("*.gguf")))
+
+
+def _llamacpp_preview(path: str | os.PathLike[str], spec: Any) -> str:
+    """What the llama.cpp loader will pass for this GGUF (before it has started one)."""
+    from ropepatch.llamacpp import LlamaCppUnsupported, settings_for_gguf
+
+    p = Path(path)
+    if p.is_dir():
+        p = sorted(p.glob("*.gguf"))[0]
+    try:
+        settings, facts = settings_for_gguf(p, spec)
+    except LlamaCppUnsupported as exc:
+        return f"cannot apply this RoPE: {exc}"
+    except RopeConfigError as exc:
+        return f"cannot read this model's RoPE: {exc}"
+    return "will pass " + " ".join(settings.flags(facts.arch, context=False))
 
 
 def panel_markdown(data: Mapping[str, Any]) -> str:
@@ -245,6 +461,8 @@ def panel_markdown(data: Mapping[str, Any]) -> str:
         ),
         line("rope_theta", data.get("rope_theta"), "rope_theta"),
     ]
+    if data.get("llamacpp"):
+        rows += ["", f"llama.cpp loader: {data['llamacpp']}"]
     if data.get("overrides"):
         rows += ["", "Overrides saved for this model: " + ", ".join(f"{k}={v}" for k, v in data["overrides"].items())]
     for w in data.get("warnings", []):

@@ -99,6 +99,11 @@ def runtime(request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     elif name in ("exllamav2", "exllamav3"):
         yield from (name for _ in _exllama(request, name))
+    elif name == "llama-cpp-python":
+        if importlib.util.find_spec("llama_cpp") is None:
+            pytest.skip("llama-cpp-python is not installed (pip install 'ropepatch[llamacpp]' builds it from source)")
+        importlib.import_module("llama_cpp.llama")
+        yield name
     else:
         pytest.skip(
             f"{name}: its runtime cannot be imported here (vLLM has no CPU wheel in this environment, compat/vllm "

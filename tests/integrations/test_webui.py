@@ -18,6 +18,8 @@ from ropepatch.integrations import webui
 def _clean(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.delenv("ROPEPATCH", raising=False)
     ropepatch.disable()
+    webui._startup_done.clear()  # one start-up per process: each test is a new start-up
+    webui.llamacpp_notes.clear()
     yield
     ropepatch.disable()
 
@@ -96,10 +98,50 @@ class Webui:
 
 @pytest.mark.parametrize("keep_model_name", [True, False], ids=["v2+", "v1"])
 def test_setup_enables_then_reloads_a_model_loaded_before_it(tmp_path: Path, keep_model_name: bool) -> None:
+    model(tmp_path / "models" / "tiny", rope_scaling=YARN, max_position_embeddings=16384)
     host = Webui("tiny", keep_model_name=keep_model_name)
+    host.shared.args = SimpleNamespace(model_dir=str(tmp_path / "models"))
     assert webui.setup(webui.OverrideStore(tmp_path / "o.json"), host.shared, host.models) is True
     assert host.calls == [("unload", True if keep_model_name else None), ("load", ("tiny", True))]
     assert host.shared.model == "model:tiny" and host.shared.model_name == "tiny"
+
+
+def test_setup_reloads_at_most_once_per_process(tmp_path: Path) -> None:
+    # the webui runs an extension's setup() again when it rebuilds its interface (a user extension is
+    # imported as a new module each time): the start-up model must not be loaded a third time
+    model(tmp_path / "models" / "tiny", rope_scaling=YARN, max_position_embeddings=16384)
+    host = Webui("tiny")
+    host.shared.args = SimpleNamespace(model_dir=str(tmp_path / "models"))
+    store = webui.OverrideStore(tmp_path / "o.json")
+    assert webui.setup(store, host.shared, host.models) is True
+    assert webui.setup(store, host.shared, host.models) is False
+    assert [c[0] for c in host.calls] == ["unload", "load"]
+
+
+def test_setup_does_not_reload_a_model_built_with_ropepatch_enabled(tmp_path: Path) -> None:
+    # `ropepatch run -- python server.py --model X` (or the .pth hook): enabled before the first load
+    host = Webui("tiny")
+    ropepatch.enable()
+    assert webui.setup(webui.OverrideStore(tmp_path / "o.json"), host.shared, host.models) is False
+    assert host.calls == [] and ropepatch.is_enabled()
+
+
+def test_setup_does_not_reload_a_model_that_needs_nothing(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    model(models / "plain")
+    host = Webui("plain")
+    host.shared.args = SimpleNamespace(model_dir=str(models))
+    assert webui.setup(webui.OverrideStore(tmp_path / "o.json"), host.shared, host.models) is False
+    assert host.calls == []
+
+
+def test_setup_reloads_a_scaled_model_built_before_it(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    model(models / "yarn", rope_scaling=YARN, max_position_embeddings=16384)
+    host = Webui("yarn")  # shared.model is not a transformers model: its frequencies cannot be checked
+    host.shared.args = SimpleNamespace(model_dir=str(models))
+    assert webui.setup(webui.OverrideStore(tmp_path / "o.json"), host.shared, host.models) is True
+    assert [c[0] for c in host.calls] == ["unload", "load"]
 
 
 def test_setup_without_a_model_only_enables(tmp_path: Path) -> None:

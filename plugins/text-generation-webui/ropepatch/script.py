@@ -36,9 +36,16 @@ def _reload():
 
 
 def setup():
-    """Enable ropepatch; a ``--model`` from the command line was loaded before this ran: reload it once."""
+    """Enable ropepatch and cover the llama.cpp loader; reload a start-up model only if its first load lacks the scaling."""
     from modules import models
     from modules.logging_colors import logger
+
+    try:
+        from modules import llama_cpp_server
+    except ImportError as exc:  # a webui without the llama.cpp loader, or without its requirements
+        logger.info(f"ropepatch: the llama.cpp loader is not available ({exc}); RoPE flags not applied")
+    else:
+        webui.install_llamacpp_loader(shared, llama_cpp_server)
 
     if webui.setup(store, shared, models):
         logger.info(f"ropepatch: reloading {shared.model_name} done: it is built with its detected RoPE scaling")
