@@ -82,6 +82,11 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "its converter writes; there is no flag or key for them",
         "convert the original checkpoint with llama.cpp's convert_hf_to_gguf.py, which writes those tensors",
     ),
+    "per-dim": (
+        "llama.cpp applies per-dimension frequency divisors only through a GGUF's rope_freqs tensor; "
+        "there is no flag or key for them",
+        "a GGUF that carries the divisors as its rope_freqs tensor (llama.cpp then needs nothing)",
+    ),
     "llama3": (
         "llama.cpp applies llama3 scaling only through the rope_freqs tensor its converter writes; "
         "there is no flag or key for it",
@@ -254,25 +259,30 @@ def translate(
     yarn_log_multiplier: float | None = None,
     has_rope_freqs: bool = False,
     gguf_attn_factor: float | None = None,
+    has_factor_tensors: bool = False,
 ) -> LlamaCppSettings:
     """The llama.cpp settings that reproduce ``spec`` exactly, or :class:`LlamaCppUnsupported`.
 
     ``arch`` is the GGUF's ``general.architecture``; ``yarn_log_multiplier`` its
     ``{arch}.rope.scaling.yarn_log_multiplier`` when set (llama.cpp then derives YaRN's attention factor
     differently); ``has_rope_freqs`` says the GGUF carries a ``rope_freqs`` tensor (llama3 scaling baked in,
-    which llama.cpp applies on its own); ``gguf_attn_factor`` its ``{arch}.rope.scaling.attn_factor`` when set
+    which llama.cpp applies on its own); ``has_factor_tensors`` that it carries LongRoPE's
+    ``rope_factors_long/short`` tensors (likewise); ``gguf_attn_factor`` its ``{arch}.rope.scaling.attn_factor`` when set
     (llama.cpp multiplies every cos/sin by it, so a spec that needs none overrides it with 1).
     """
-    settings = _translate(spec, arch, yarn_log_multiplier, has_rope_freqs)
+    settings = _translate(spec, arch, yarn_log_multiplier, has_rope_freqs, has_factor_tensors)
     if settings.attn_factor_key is None and gguf_attn_factor is not None and gguf_attn_factor != 1.0:
         settings = replace(settings, attn_factor_key=1.0)
     return settings
 
 
 def _translate(
-    spec: Any, arch: str | None, yarn_log_multiplier: float | None, has_rope_freqs: bool
+    spec: Any, arch: str | None, yarn_log_multiplier: float | None, has_rope_freqs: bool, has_factor_tensors: bool
 ) -> LlamaCppSettings:
     m = spec.method
+    # Scaling a GGUF keeps in its own tensors is applied by llama.cpp itself: nothing to add, as long as no
+    # override changed the spec (flags cannot rewrite those tensors, so an overridden spec is refused below).
+    untouched = not getattr(spec, "overridden", frozenset())
     q = spec.method_params
     ctx = spec.effective_context if not spec.is_dynamic else None
     if m == "default":
@@ -317,10 +327,27 @@ def _translate(
             attn_factor_key=key,
             context=ctx,
         )
-    if m == "llama3" and has_rope_freqs:
+    if m in ("llama3", "per-dim") and has_rope_freqs and untouched:
         # the GGUF's rope_freqs tensor already divides the frequencies; llama.cpp needs plain RoPE on top
         return LlamaCppSettings(
-            m, "none", spec.rope_theta, context=ctx, notes=("llama3 scaling comes from the GGUF's rope_freqs tensor",)
+            m, "none", spec.rope_theta, context=ctx, notes=(f"{m} scaling comes from the GGUF's rope_freqs tensor",)
+        )
+    if m == "longrope" and has_factor_tensors and untouched:
+        return LlamaCppSettings(
+            m,
+            "none",
+            spec.rope_theta,
+            context=ctx,
+            notes=("longrope factors come from the GGUF's rope_factors_long/short tensors",),
+        )
+    if m in ("llama3", "per-dim", "longrope") and (has_rope_freqs or has_factor_tensors):
+        raise _refuse(
+            spec,
+            m,
+            f"this GGUF keeps its {m} scaling in tensors, and an override changed it; llama.cpp takes no flag or "
+            "key that rewrites those tensors",
+            "drop the override (llama.cpp then applies the GGUF's own tensors), or convert a checkpoint that "
+            "carries the scaling you want",
         )
     raise _refuse(spec, m)
 
@@ -340,6 +367,7 @@ def llamacpp_flags(spec: Any, arch: str = "llama", *, facts: GGUFRope | None = N
                 yarn_log_multiplier=facts.yarn_log_multiplier,
                 has_rope_freqs=facts.has_rope_freqs,
                 gguf_attn_factor=facts.attn_factor,
+                has_factor_tensors=facts.has_factor_tensors,
             )
         else:
             settings = translate(spec, arch=arch)
@@ -363,6 +391,8 @@ class GGUFRope:
     yarn_log_multiplier: float | None = None
     attn_factor: float | None = None
     has_rope_freqs: bool = False
+    #: LongRoPE's rope_factors_long/short tensors
+    has_factor_tensors: bool = False
 
 
 def gguf_rope(path: Any) -> GGUFRope:
@@ -378,19 +408,14 @@ def gguf_rope(path: Any) -> GGUFRope:
         value = data.get(f"{arch}.rope.scaling.{key}")
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    return GGUFRope(arch, num("yarn_log_multiplier"), num("attn_factor"), _has_tensor(path, "rope_freqs.weight"))
-
-
-def _has_tensor(path: Any, name: str) -> bool:
-    """Whether the GGUF holds tensor ``name`` (needs the ``gguf`` package; False without it)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return False
-    try:
-        return any(t.name == name for t in GGUFReader(str(path), "r").tensors)
-    except Exception:  # an unreadable tensor table: ropepatch's own header reader already vouched for the keys
-        return False
+    # the reader brings the RoPE tensors along under their names (bounded reads, no gguf package needed)
+    return GGUFRope(
+        arch,
+        num("yarn_log_multiplier"),
+        num("attn_factor"),
+        has_rope_freqs="rope_freqs.weight" in data,
+        has_factor_tensors="rope_factors_long.weight" in data or "rope_factors_short.weight" in data,
+    )
 
 
 def settings_for_gguf(path: Any, spec: Any) -> tuple[LlamaCppSettings, GGUFRope]:
@@ -402,5 +427,6 @@ def settings_for_gguf(path: Any, spec: Any) -> tuple[LlamaCppSettings, GGUFRope]
         yarn_log_multiplier=facts.yarn_log_multiplier,
         has_rope_freqs=facts.has_rope_freqs,
         gguf_attn_factor=facts.attn_factor,
+        has_factor_tensors=facts.has_factor_tensors,
     )
     return settings, facts

@@ -111,6 +111,8 @@ def test_llama3_needs_the_rope_freqs_tensor() -> None:
 @pytest.mark.parametrize("method", sorted(REFUSALS))
 def test_refusals_name_method_and_alternative(method: str) -> None:
     params = {"short_factor": [1.0] * 64, "long_factor": [2.0] * 64} if method == "longrope" else {}
+    if method == "per-dim":
+        params = {"freq_factors": [1.0] * 32 + [4.0] * 32}
     s = spec(method, factor=4.0, original_max_position_embeddings=4096, params=params)
     with pytest.raises(LlamaCppUnsupported) as info:
         translate(s)
@@ -124,6 +126,8 @@ def test_every_method_translates_or_is_refused() -> None:
         params = {"short_factor": [1.0] * 64, "long_factor": [2.0] * 64} if name == "longrope" else {}
         if name == "ntk":
             params = {"alpha": 2.0}
+        if name == "per-dim":
+            params = {"freq_factors": [1.0] * 32 + [4.0] * 32}
         s = spec(name, factor=4.0, original_max_position_embeddings=4096, params=params)
         flags, note = llamacpp_flags(s)
         assert (flags is None) == (name in REFUSALS), (name, note)
