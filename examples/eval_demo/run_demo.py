@@ -59,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--render-only", action="store_true", help="rewrite the docs from OUT's last results only")
+    p.add_argument(
+        "--window-noise", action="store_true", help="measure each cell's standard error over its windows (fast)"
+    )
     args = p.parse_args(argv)
     if args.render_only:
+        if args.window_noise:
+            window_noise(MODEL, args)
         return write_docs(args)
     start = time.time()
     model = MODEL
@@ -150,6 +155,54 @@ def measure_noise(model: Path, args: argparse.Namespace) -> dict:
     return noise
 
 
+NOISE_METHODS = ("default", "yarn")
+NOISE_LENGTHS = (128, 512, 2048)
+
+
+def window_noise(model: Path, args: argparse.Namespace) -> dict:
+    """The standard error of a cell's mean loss over its windows, for a few cells (the text's sampling noise).
+
+    Scores each window on its own through the same path as ``ropepatch eval`` and divides the windows'
+    standard deviation by the square root of their number.
+    """
+    import torch
+
+    from ropepatch.evaluation.byte_tokens import ByteCodec
+    from ropepatch.evaluation.perplexity import cut_windows, model_scorer, score_window
+    from ropepatch.evaluation.runner import LocalModel
+    from ropepatch.evaluation.variants import variants_for
+
+    torch.set_num_threads(args.threads)
+    ids = ByteCodec().encode(HELD_OUT.read_text(encoding="utf-8"))
+    handle = LocalModel(str(model), device="cpu")
+    original = 128
+    rows = []
+    for variant in variants_for(NOISE_METHODS, original=original, target=max(int(n) for n in LENGTHS.split(","))):
+        score = model_scorer(handle.apply(variant))
+        for length in NOISE_LENGTHS:
+            windows = cut_windows(ids, length, max_windows=args.windows)
+            scores = [score_window(score(w)) for w in windows]
+            row = {"method": variant.label, "length": length}
+            for key, per in (
+                ("nll_std", [s.nll_sum / s.tokens for s in scores]),
+                ("tail_nll_std", [s.tail_nll_sum / s.tail_tokens for s in scores]),
+            ):
+                row[key] = statistics.stdev(per) / math.sqrt(len(per))
+            rows.append(row)
+    noise = {"kind": "windows", "windows": args.windows, "cells": rows, "summary": _summary(rows)}
+    (args.out / "eval" / "noise.json").write_text(json.dumps(noise, indent=1) + "\n")
+    print(f"standard error of a cell over its windows: {noise['summary']}")
+    return noise
+
+
+def _summary(rows: list[dict]) -> dict:
+    summary = {}
+    for key in ("nll_std", "tail_nll_std"):
+        values = sorted(r[key] for r in rows if key in r)
+        summary[key] = {"median": round(statistics.median(values), 4), "max": round(values[-1], 4)}
+    return summary
+
+
 def spread(runs: list[dict]) -> dict:
     """Per (method, length) standard deviation across runs, and a one-line summary of it."""
     cells: dict[tuple[str, int], dict[str, list[float]]] = {}
@@ -163,11 +216,7 @@ def spread(runs: list[dict]) -> dict:
         {"method": m, "length": n, **{f"{k}_std": statistics.stdev(v) for k, v in c.items() if len(v) > 1}}
         for (m, n), c in cells.items()
     ]
-    summary = {}
-    for key in ("nll_std", "tail_nll_std"):
-        values = sorted(r[key] for r in rows if key in r)
-        summary[key] = {"median": round(statistics.median(values), 4), "max": round(values[-1], 4)}
-    return {"slices": len(runs), "cells": rows, "summary": summary}
+    return {"kind": "slices", "slices": len(runs), "cells": rows, "summary": _summary(rows)}
 
 
 def compare(results: dict, docs: Path) -> int:
@@ -288,6 +337,15 @@ def _noise_line(noise: dict | None) -> str:
     if not noise:
         return ""
     whole, tail = noise["summary"]["nll_std"], noise["summary"]["tail_nll_std"]
+    if noise.get("kind") == "windows":
+        cells = ", ".join(f"{c['method']} at {c['length']}" for c in noise["cells"])
+        return (
+            f" How much a cell depends on the text: the standard error of a cell's mean over its {noise['windows']} "
+            f"windows (`run_demo.py --render-only --window-noise`, measured for {cells}) is {whole['median']:.3f} "
+            f"nats at the median and at most {whole['max']:.3f} (whole window), {tail['median']:.3f} and "
+            f"{tail['max']:.3f} (last quarter); differences between methods smaller than about twice that are "
+            "not findings."
+        )
     return (
         f" How much a cell depends on the text: over {noise['slices']} disjoint slices of the held-out text "
         f"(`run_demo.py --noise {noise['slices'] - 1}`), a cell's standard deviation is {whole['median']:.3f} nats "
