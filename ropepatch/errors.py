@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["RopeConfigError", "RopepatchWarning", "closest", "short_repr"]
+__all__ = ["RopeConfigError", "RopepatchWarning", "short_repr"]
 
 
 class RopeConfigError(ValueError):
@@ -46,13 +44,3 @@ def short_repr(value: Any, limit: int = 80) -> str:
     except Exception:  # noqa: BLE001 - a hostile __repr__ must not replace the real error
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def closest(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str | None:
-    """The candidate ``name`` most likely meant (a typo's fix), or ``None`` when none is close.
-
-    One rule for every "did you mean" ropepatch prints: config keys, override keys, methods,
-    runtimes, command-line verbs, options and choices.
-    """
-    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=cutoff)
-    return matches[0] if matches else None

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ropepatch.errors import RopeConfigError, closest
+from ropepatch.errors import RopeConfigError
+from ropepatch.suggest import closest
 
 __all__ = ["VERBS", "Parser", "UsageError", "build_parser", "describe", "main"]
 
