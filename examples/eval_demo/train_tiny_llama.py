@@ -1,10 +1,14 @@
 """Train a 0.8M-parameter Llama on byte-level Python source at a 128-token context (CPU, minutes).
 
+The demo ships the model this script trained (``examples/eval_demo/model``; examples/eval_demo/DATA.md), so
+``run_demo.py`` only evaluates; run this to retrain it or to try other settings (the defaults are the
+shipped model's; ``--steps 900 --batch 32`` trains longer, to a lower loss).
+
 The model is transformers' own Llama architecture with plain RoPE, so ``ropepatch eval`` can then
 apply every scaling method to it through the transformers adapter and measure how each holds up
 past the training length. Run from the repository root::
 
-    python examples/eval_demo/train_tiny_llama.py --out examples/eval_demo/out/model
+    python examples/eval_demo/train_tiny_llama.py --out examples/eval_demo/model
 
 Everything is seeded; on the same Python version (same stdlib files) and torch build the run is
 repeatable up to floating-point reduction order.
@@ -48,12 +52,12 @@ def build_config(context: int):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=HERE / "out" / "model")
+    p.add_argument("--out", type=Path, default=Path("eval-demo-out") / "model")
     p.add_argument("--context", type=int, default=128)
-    p.add_argument("--steps", type=int, default=900)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=450)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

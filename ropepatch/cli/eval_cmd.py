@@ -130,7 +130,17 @@ def _tokenizer(args: argparse.Namespace, source: str | None) -> Any:
         raise RopeConfigError("give MODEL (for its tokenizer) or --byte-level")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... here (--debug shows it)
+        from ropepatch.cli.main import UsageError
+
+        raise UsageError(
+            "no tokenizer could be loaded from it",
+            hint="pass --byte-level if the model's token ids are the text's UTF-8 bytes, or add its tokenizer "
+            "files (tokenizer.json, tokenizer_config.json)",
+            path=source,
+        ) from exc
 
 
 def _encode(tok: Any, text: str) -> list[int]:
@@ -157,6 +167,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_endpoint(args)
     if not args.model:
         raise RopeConfigError("give a checkpoint folder (MODEL), or --endpoint URL --api tgi|openai")
+    if not Path(args.model).is_dir():
+        # checked first: transformers would take a missing path for a hub id and try the network
+        what = "not a folder" if Path(args.model).exists() else "no such folder"
+        raise RopeConfigError(
+            f"{what}: MODEL is a local checkpoint folder (config.json and weights; ropepatch never downloads)",
+            path=args.model,
+        )
     from ropepatch.evaluation.runner import EvalSettings, LocalModel, default_lengths, run_variants
     from ropepatch.evaluation.variants import merge_variants, parse_variant, variants_for
 

@@ -20,6 +20,8 @@ from ropepatch.metadata.view import ConfigView
 __all__ = ["load_view", "names_from_path"]
 
 MAX_CONFIG_BYTES = 64 << 20
+#: files that hold tensors, not the config (a common slip: the model file instead of its folder)
+_WEIGHTS_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".npz"})
 _ROPE_KEYS = ("rope_scaling", "rope_parameters", "rope_theta", "head_dim", "hidden_size", "max_position_embeddings")
 
 
@@ -74,6 +76,13 @@ def _view_of_existing_path(path: Path) -> ConfigView:
     _require_regular_file(path)
     if path.suffix == ".gguf" or is_gguf(path):
         return _view_of_gguf(path)
+    if path.suffix.lower() in _WEIGHTS_SUFFIXES:
+        # the RoPE settings live beside the weights, never in them: say where to point instead
+        raise RopeConfigError(
+            f"a weights file ({path.suffix}), not metadata: give the checkpoint's folder or the config.json "
+            "beside this file",
+            path=str(path),
+        )
     return _view_of_json(path)
 
 
