@@ -21,13 +21,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ropepatch.atomic import atomic_open
 from ropepatch.errors import RopeConfigError
 
 __all__ = [
@@ -132,14 +132,10 @@ class OverrideStore:
 
     def _write(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".overrides-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-            os.replace(tmp, self.path)  # readers never see a half-written file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a private temporary file renamed over the name: readers never see a half-written file,
+        # and a symlink planted at the store's name is replaced, its target never written
+        with atomic_open(self.path, "w", perms=0o600) as f:
+            json.dump(data, f, indent=2, sort_keys=True)
 
 
 def enable_with_store(store: OverrideStore, **kwargs: Any) -> None:
