@@ -18,6 +18,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ropepatch.registry import get_registry
+    from ropepatch.versions import installed_version_text
 
     reg = get_registry()
     plugins = [info.to_dict() for info in reg.plugins.values() if args.all or not info.builtin]
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {p['name']}{version}{' (built-in)' if p['builtin'] else ''}: {state}")
     print("adapters")
     for a in adapters:
-        installed = a["installed"] or "not installed"
+        text = None if a["installed"] else installed_version_text(a["distribution"])
+        installed = a["installed"] or (f"{text!r} (unparsable version)" if text is not None else "not installed")
         verdict = "ok" if a["problem"] is None else a["problem"]
         print(f"  {a['name']}: {a['distribution']} {installed}; tested {a['requires']}: {verdict}")
     return 0
