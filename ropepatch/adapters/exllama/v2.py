@@ -17,7 +17,7 @@ YaRN parameters (beta, mscale, attention_factor) ignored, LongRoPE's cos/sin fac
 top of a spec that already describes the scaling; a log line says so. A model whose spec is plain
 RoPE (nothing detected, nothing overridden) keeps ExLlamaV2's tables and knobs untouched.
 
-Dynamic methods get a per-position table (see :mod:`ropepatch.adapters.exllama_tables`): exact for
+Dynamic methods get a per-position table (see :mod:`ropepatch.adapters.exllama.tables`): exact for
 token-by-token decoding, different from transformers for prompts longer than the original context
 prefilled in one pass.
 """
@@ -32,7 +32,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ropepatch.adapters.base import Adapter
-from ropepatch.adapters.exllama_tables import (
+from ropepatch.adapters.exllama.tables import (
     CONTEXT,
     PER_POSITION,
     SaysOnce,
@@ -45,17 +45,9 @@ from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
-__all__ = ["ExLlamaV2Adapter", "spec_overridden"]
+__all__ = ["ExLlamaV2Adapter"]
 
 log = logging.getLogger("ropepatch")
-
-_OVERRIDE_ORIGINS = ("explicit", "env ", "per-model")
-
-
-def spec_overridden(spec: Any) -> bool:
-    """True when the spec's method was named by an override (not read from the checkpoint)."""
-    label = str(spec.provenance.get("method", ""))
-    return label.startswith(_OVERRIDE_ORIGINS)
 
 
 class ExLlamaV2Adapter(SaysOnce, Adapter):
@@ -128,7 +120,7 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
                 raise
             self._say_once(("unreadable", str(model_dir), str(exc)), message, warn=True)
             return None
-        if spec.method == "default" and not spec_overridden(spec):
+        if spec.method == "default" and "method" not in spec.overridden:
             return None  # nothing to correct: ExLlamaV2's plain RoPE and its own knobs stay in force
         for message in spec.warnings:
             self._say_once(("spec-warning", str(model_dir), message), f"ropepatch: {message}", warn=True)
