@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ropepatch.errors import RopeConfigError
+from ropepatch.markers import made_here
 from ropepatch.patching import PatchSet
 from ropepatch.spec import RopeSpec
 
@@ -59,10 +60,13 @@ def is_ropepatch_type(rope_type: Any) -> bool:
 def spec_from_rope_dict(rope: Mapping[str, Any]) -> RopeSpec:
     """The spec embedded in a rope dict ropepatch rewrote (cached: configs are read per forward)."""
     embed = rope.get(EMBED_KEY) if isinstance(rope, Mapping) else None
-    if not isinstance(embed, Mapping) or not isinstance(embed.get("spec"), Mapping):
+    if not made_here(embed) or not isinstance(embed.get("spec"), Mapping):
+        # a ropepatch type is only ever written in memory (to_dict saves the original): one read
+        # from a file, spec and all, is not ropepatch's to trust
         raise RopeConfigError(
-            f"rope type {rope.get('rope_type')!r} is ropepatch's, but the config carries no ropepatch spec; "
-            "was it edited by hand? Load the original checkpoint with ropepatch.enable() instead",
+            f"rope type {rope.get('rope_type')!r} is ropepatch's own, but this config was not rewritten by "
+            "ropepatch in this process (a saved config never holds it); load the original checkpoint with "
+            "ropepatch.enable() instead",
             key="rope_parameters",
         )
     text = json.dumps(embed["spec"], sort_keys=True)
