@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     for a in adapters:
         text = None if a["installed"] else installed_version_text(a["distribution"])
         installed = a["installed"] or (f"{text!r} (unparsable version)" if text is not None else "not installed")
-        verdict = "ok" if a["problem"] is None else a["problem"]
-        print(f"  {a['name']}: {a['distribution']} {installed}; tested {a['requires']}: {verdict}")
+        verdict = a["problem"] or ("ok, newer than tested" if a["untested"] else "ok")
+        floor = f">= {a['floor']}" if a["floor"] else "any version"
+        tested = f", tested up to {a['tested_up_to']}" if a["tested_up_to"] else ""
+        print(f"  {a['name']}: {a['distribution']} {installed}; works with {floor}{tested}: {verdict}")
     return 0
