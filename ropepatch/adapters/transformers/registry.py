@@ -21,7 +21,7 @@ from typing import Any
 
 from ropepatch.errors import RopeConfigError
 from ropepatch.markers import made_here
-from ropepatch.patching import PatchSet
+from ropepatch.patching import PatchSet, builds_in_flight
 from ropepatch.spec import RopeSpec
 
 __all__ = [
@@ -160,7 +160,9 @@ def track(module: Any) -> None:
 
 
 def in_use(key: str) -> bool:
-    """True while a live tracked module has rope type ``key`` (per layer type too)."""
+    """True while a model build is in flight or a live tracked module has rope type ``key`` (per layer type too)."""
+    if builds_in_flight():
+        return True  # a build that started under ropepatch may look any of its types up until it ends
     for module in list(_live_modules):
         rope_type = getattr(module, "rope_type", None)
         if rope_type == key or (isinstance(rope_type, dict) and key in rope_type.values()):
@@ -177,8 +179,10 @@ def install_registry(patches: PatchSet, rope_utils: Any) -> None:
     mixin = getattr(rope_utils, "RotaryEmbeddingConfigMixin", None)
     for key in all_type_keys():
         # never "default": that would replace every plain model's frequencies (runtimes.md)
-        patches.set_item(registry, key, init_fn, keep_if=functools.partial(in_use, key))
+        # shared (reference-counted) entries: every enable() and patch_model() installs the same ones,
+        # and they stay while a build that started under ropepatch, or a live module, looks them up
+        patches.share(registry, key, init_fn, item=True, keep_if=functools.partial(in_use, key))
         if validators is not None:
-            patches.set_item(validators, key, _validator_v4)
+            patches.share(validators, key, _validator_v4, item=True, keep_if=builds_in_flight)
         if mixin is not None:
-            patches.set(mixin, f"_validate_{key}_rope_parameters", _validator_v5)
+            patches.share(mixin, f"_validate_{key}_rope_parameters", _validator_v5, keep_if=builds_in_flight)
