@@ -89,7 +89,11 @@ def _same(a: dict, b: dict) -> None:
             assert a[key].keys() == b[key].keys(), (key, set(a[key]) ^ set(b[key]))
             assert all(a[key][k] is b[key][k] for k in a[key]), key
         elif isinstance(a[key], list):
-            assert len(a[key]) == len(b[key]) and all(x is y for x, y in zip(a[key], b[key])), (key, a[key], b[key])
+            assert len(a[key]) == len(b[key]) and all(x is y for x, y in zip(a[key], b[key], strict=True)), (
+                key,
+                a[key],
+                b[key],
+            )
         else:
             assert a[key] is b[key], key
 
@@ -124,7 +128,9 @@ def test_model_builds_patch_model_enable_and_disable_race_for_20_seconds():
                     overrides = rng.choice(OVERRIDES)
                     ropepatch.patch_model(mine, **overrides)
                     table = _table(mine)
-                    expected = {"": "part-ntk", "linear": "linear x4", "ntk": "ntk alpha 2"}[overrides.get("method", "")]
+                    expected = {"": "part-ntk", "linear": "linear x4", "ntk": "ntk alpha 2"}[
+                        overrides.get("method", "")
+                    ]
                     # another thread's enable() may change the settings between the patch and this read
                     count("patch " + ("ok" if table in TABLES else "torn"))
                     if table == "torn":
