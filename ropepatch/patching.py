@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ropepatch.forksafe import ForkSafeLock, at_fork_in_child, hold_across_fork
+
 __all__ = [
     "MARKER",
     "PatchSet",
@@ -196,7 +198,7 @@ class PatchSet:
 # patches kept by restore() because a build in flight or a live object still used them
 _lingering: list[_Record] = []
 _shared: dict[tuple[int, str, bool], _Shared] = {}
-_linger_lock = threading.RLock()
+_linger_lock = hold_across_fork(ForkSafeLock(reentrant=True), 2)
 
 
 def _current_value(rec: _Record) -> Any:
@@ -253,6 +255,14 @@ def lingering() -> int:
 _builds: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+@at_fork_in_child
+def _forget_builds_of_other_threads() -> None:
+    # threads of the parent that were building a model do not exist in a forked child: their
+    # builds never finish there, and must not keep patches alive
+    _builds.clear()
+    drop_unused()
+
+
 def build_started(obj: Any) -> None:
     """``obj`` (a model under construction) may look up ropepatch's patches until :func:`build_finished`."""
     with _linger_lock:
@@ -276,7 +286,7 @@ def builds_in_flight() -> bool:
 
 
 # -- post-import hooks (wrapt's idea: fire now if imported, else right after the import) ------
-_hook_lock = threading.RLock()
+_hook_lock = hold_across_fork(ForkSafeLock(reentrant=True), 3)
 _pending: dict[str, list[Callable[[ModuleType], None]]] = {}
 
 
@@ -425,7 +435,7 @@ def patch_when_imported(
 # deferred patches of all adapters run one at a time: two runtimes imported in two threads must not
 # interleave their transactions (a restore of one would see the other's half-applied records).
 # Adapters that patch classes while a model is built take it too (``patch_lock``).
-_deferred_lock = patch_lock = threading.RLock()
+_deferred_lock = patch_lock = hold_across_fork(ForkSafeLock(reentrant=True), 1)
 
 
 def cancel_import_hooks(hook_filter: Callable[[Callable[..., Any]], bool] | None = None) -> None:

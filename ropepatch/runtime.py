@@ -11,13 +11,13 @@ still installs; under ``strict=True`` it raises instead, out of the ``import`` t
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ropepatch.forksafe import ForkSafeLock, hold_across_fork
 from ropepatch.overrides import Override, env_overrides, override_from_mapping
 from ropepatch.patching import PatchSet, cancel_import_hooks, drop_unused, patch_lock, when_imported
 
@@ -35,7 +35,7 @@ __all__ = [
 
 log = logging.getLogger("ropepatch")
 
-_lock = threading.RLock()
+_lock = hold_across_fork(ForkSafeLock(reentrant=True), 0)
 
 
 @dataclass

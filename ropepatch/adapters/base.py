@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import InvalidVersion, Version
 
 from ropepatch.errors import RopeConfigError, RopepatchWarning
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.patching import PatchSet, patch_when_imported, propagate
 from ropepatch.versions import installed_version, installed_version_text
 
@@ -407,7 +407,7 @@ class Adapter:
         return f"<ropepatch adapter {self.name!r} (>= {self.minimum()}, tested up to {self.tested_up_to or '?'})>"
 
 
-_said_lock = threading.Lock()
+_said_lock = ForkSafeLock()
 
 
 def refuse_beyond_tables(spec: RopeSpec, what: str, hint: str = "") -> None:

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from ropepatch.atomic import atomic_open
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 
 __all__ = [
     "OVERRIDE_FIELDS",
@@ -90,7 +90,7 @@ class OverrideStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every model's overrides (an unreadable file counts as empty, with a warning)."""

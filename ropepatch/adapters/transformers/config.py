@@ -11,18 +11,18 @@
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.markers import made_here
 from ropepatch.patching import PatchSet, is_patched
 
 __all__ = ["install_config_patches", "install_strict_validators"]
 
 _MISSING: Any = object()
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def _original_of(value: Any) -> Any:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import sys
-import threading
 from typing import Any
 
 from ropepatch.adapters.transformers.plan import cached_plan
 from ropepatch.adapters.transformers.registry import is_ropepatch_type
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.patching import PatchSet, is_patched
 
 __all__ = ["VALIDATED_CONFIG_MODULES", "patch_config_validators", "patch_init_rope"]
@@ -39,7 +39,7 @@ VALIDATED_CONFIG_MODULES = tuple(
     )
 )
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def patch_config_validators(patches: PatchSet, module: Any, current_state: Any) -> None:

@@ -16,7 +16,6 @@ import inspect
 import logging
 import math
 import sys
-import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type, type_key
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.markers import Record, made_here
 from ropepatch.spec import RopeSpec
 
@@ -84,7 +84,7 @@ class Plan:
         return is_ropepatch_type(self.rope_type)
 
 
-_lock = threading.RLock()
+_lock = ForkSafeLock(reentrant=True)
 _plans: dict[int, tuple[weakref.ref, Plan | None, Any]] = {}
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.markers import made_here
 from ropepatch.patching import PatchSet, builds_in_flight
 from ropepatch.spec import RopeSpec
@@ -39,7 +39,7 @@ PREFIX = "ropepatch_"
 #: key of the rope dict that holds ``{"spec": spec.to_dict(), "original": <rope dict before the rewrite>}``
 EMBED_KEY = "ropepatch"
 
-_cache_lock = threading.Lock()
+_cache_lock = ForkSafeLock()
 _spec_cache: dict[str, RopeSpec] = {}
 
 
