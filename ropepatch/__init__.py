@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ropepatch.detection import detect
     from ropepatch.hookspecs import hookimpl
     from ropepatch.metadata.view import ConfigView, Finding
-    from ropepatch.methods.base import Method
+    from ropepatch.methods.base import Method, Prepared, require_dim
     from ropepatch.runtime import disable, enable, enabled, is_enabled, patch_model, temporarily_enabled
     from ropepatch.spec import RopeSpec
 
@@ -34,6 +34,7 @@ __all__ = [
     "ConfigView",
     "Finding",
     "Method",
+    "Prepared",
     "RopeConfigError",
     "RopeSpec",
     "RopepatchWarning",
@@ -46,6 +47,7 @@ __all__ = [
     "is_enabled",
     "patch_model",
     "report",
+    "require_dim",
     "temporarily_enabled",
 ]
 
@@ -60,6 +62,8 @@ _LAZY = {
     # the plugin front door
     "hookimpl": ("ropepatch.hookspecs", "hookimpl"),
     "Method": ("ropepatch.methods.base", "Method"),
+    "Prepared": ("ropepatch.methods.base", "Prepared"),
+    "require_dim": ("ropepatch.methods.base", "require_dim"),
     "ConfigView": ("ropepatch.metadata.view", "ConfigView"),
     "Finding": ("ropepatch.metadata.view", "Finding"),
     "Adapter": ("ropepatch.adapters.base", "Adapter"),
