@@ -145,7 +145,8 @@ class PatchSet:
                 shared = _Shared(owner, attr, item, original, value, keep_if)
                 _shared[key] = shared
             shared.count += 1
-            self._records.append(_Record(owner, attr, _ABSENT, value, is_item=item, keep_if=keep_if, shared=shared))
+            record = _Record(owner, attr, shared.original, value, is_item=item, keep_if=keep_if, shared=shared)
+            self._records.append(record)
 
     def restore(self) -> list[str]:
         """Undo every patch, newest first; return messages for patches someone else replaced.
