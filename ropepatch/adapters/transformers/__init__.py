@@ -194,8 +194,13 @@ def _model_hooks(cls: type) -> tuple[Any, Any]:
     def post_init(self: Any) -> None:
         try:
             original_post_init(self)
+            # a build that began before enable() is converted here: its entries must stay too
+            # (tracked before the state is read, so a disable() after the read cannot drop them)
+            build_started(self)
             state = _build_state(self, finishing=True)
-            if state is not None and isinstance(getattr(self, "config", None), config_cls):
+            # an enable() whose transformers patches are not in yet (another thread is installing them) counts as off
+            ready = state is not None and getattr(state, "installed", {}).get(TransformersAdapter.name) is not None
+            if ready and isinstance(getattr(self, "config", None), config_cls):
                 _finish(self, state)
         finally:
             _build_done(self)
