@@ -3,7 +3,9 @@
 A probe is broken on purpose the way a future release would break it (a patch point renamed, on
 transformers' own module), and the self-check is fed a rotary module whose frequencies are off (a
 release computing them differently): the runtime is left exactly as it was, one warning names the
-probe and the version, and ``strict=True`` raises instead.
+probe and the version, and ``strict=True`` raises instead. Strict runs name the transformers
+adapter only: in a full test run ``tests/adapters/vllm`` can sit in ``sys.modules`` as a namespace
+package called ``vllm``, and strict rightly refuses a "vllm" without its distribution.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def test_a_renamed_patch_point_raises_under_strict(monkeypatch) -> None:
     monkeypatch.delattr(dmu, "get_class_in_module")
     before = _identity()
     with pytest.raises(ProbeFailed, match="get_class_in_module"):
-        ropepatch.enable(strict=True)
+        ropepatch.enable(strict=True, runtimes=("transformers",))
     assert _same(before, _identity())
 
 
@@ -87,7 +89,7 @@ def test_a_changed_signature_fails_its_probe(monkeypatch) -> None:
     init_without_config.__signature__ = __import__("inspect").Signature()  # type: ignore[attr-defined]
     monkeypatch.setattr(mu.PreTrainedModel, "__init__", init_without_config)
     with pytest.raises(ProbeFailed, match=r"PreTrainedModel.__init__ takes no config"):
-        ropepatch.enable(strict=True)
+        ropepatch.enable(strict=True, runtimes=("transformers",))
     assert mu.PreTrainedModel.__dict__["__init__"] is init_without_config
 
 
@@ -128,7 +130,7 @@ def test_a_self_check_mismatch_restores_transformers_and_warns_once(monkeypatch)
 
 
 def test_a_self_check_mismatch_raises_under_strict(monkeypatch) -> None:
-    ropepatch.enable(strict=True)
+    ropepatch.enable(strict=True, runtimes=("transformers",))
     _off_by_one_percent(monkeypatch)
     with pytest.raises(ProbeFailed, match="self-check"):
         make_model(_airophin())
@@ -137,7 +139,7 @@ def test_a_self_check_mismatch_raises_under_strict(monkeypatch) -> None:
 def test_the_self_check_passes_on_the_installed_transformers() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ropepatch.enable(strict=True)
+        ropepatch.enable(strict=True, runtimes=("transformers",))
         rotary = rotary_of(make_model(_airophin()))
     assert rotary.inv_freq[31].item() == pytest.approx(PNTK_31, rel=1e-6)
     assert _ropepatch_warnings(caught) == []
