@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from typing import Any
+
+from ropepatch.forksafe import ForkSafeLock
 
 __all__ = ["record_change", "report"]
 
 changes_log = logging.getLogger("ropepatch.changes")
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 _seen: set[tuple[str, str]] = set()
 _models: list[dict[str, Any]] = []
 _handler: logging.Handler | None = None
@@ -159,7 +160,7 @@ def report() -> dict[str, Any]:
 
 def _after_fork() -> None:  # a forked child starts with its parent's record but a fresh lock
     global _lock
-    _lock = threading.Lock()
+    _lock = ForkSafeLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -7,12 +7,13 @@ every value.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ropepatch.detectors.common import read_common
-from ropepatch.errors import RopeConfigError, RopepatchWarning
+from ropepatch.errors import RopeConfigError, RopepatchWarning, locate
 from ropepatch.metadata.sources import load_view
 from ropepatch.metadata.view import ConfigView, Finding
 from ropepatch.overrides import Override, env_overrides, override_from_mapping
@@ -72,6 +73,22 @@ def detect_view(view: ConfigView) -> Finding:
     return finding
 
 
+def _name_the_source(fn: Any) -> Any:
+    """An error about a dict or config object (no path) names its source as ``<dict>``, ``<LlamaConfig>``."""
+
+    @functools.wraps(fn)
+    def wrapper(view: ConfigView, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(view, *args, **kwargs)
+        except RopeConfigError as exc:
+            if exc.path is None and view.path is None:
+                exc.relabel(f"<{view.label}>")
+            raise
+
+    return wrapper
+
+
+@_name_the_source
 def resolve(view: ConfigView, layers: Iterable[Override] = ()) -> RopeSpec:
     """Combine the metadata's finding with override layers (lowest precedence first)."""
     values, provenance = read_common(view)
@@ -153,7 +170,8 @@ def _apply_target(
     method_named_by_user: bool,
 ) -> tuple[str, dict[str, Any], list[str]]:
     n, label = target
-    canonical = get_registry().method(method, source=view.path, key=provenance.get("method") or "method").name
+    path, key, _ = locate(provenance.get("method"), "method", view.path, view.label)
+    canonical = get_registry().method(method, source=path, key=key or "method").name
     if canonical != "default" and not method_named_by_user:
         notes.append(
             f"target_context={n} ignored: the checkpoint already carries {canonical} scaling "

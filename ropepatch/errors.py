@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
-__all__ = ["RopeConfigError", "RopeConfigKeyError", "RopepatchWarning", "short_repr"]
+__all__ = ["OVERRIDE_ORIGINS", "RopeConfigError", "RopeConfigKeyError", "RopepatchWarning", "locate", "short_repr"]
+
+#: the ``origin`` labels of override layers; a spec's provenance names them for overridden values
+OVERRIDE_ORIGINS = ("explicit", "env ROPEPATCH", "per-model mapping", "ropepatch run", "webui panel", "--variant ")
+# "config.json:rope_scaling.factor", "dict:rope_theta", "model.gguf:llama.rope.freq_base"
+_LABELLED_KEY = re.compile(r"([^\s:]+):(\S+)")
 
 
 class RopeConfigError(ValueError):
@@ -25,6 +32,49 @@ class RopeConfigError(ValueError):
             prefix.append(f"key {key!r}")
         full = f"{': '.join(prefix)}: {message}" if prefix else message
         super().__init__(full)
+
+    @classmethod
+    def at(
+        cls, message: str, *, field: str | None, where: str | None, path: str | None = None, label: str | None = None
+    ) -> RopeConfigError:
+        """An error about spec value ``field`` whose provenance is ``where`` (see :func:`locate`)."""
+        path, key, note = locate(where, field, path, label)
+        return cls(f"{message} ({note})" if note else message, path=path, key=key)
+
+    def relabel(self, path: str) -> None:
+        """Name the source (``<dict>``, a config class) of an error raised without one."""
+        self.path = path
+        prefix = [path] + ([f"key {self.key!r}"] if self.key is not None else [])
+        self.args = (f"{': '.join(prefix)}: {self.reason}",)
+
+
+def locate(
+    where: str | None, field: str | None, path: str | None = None, label: str | None = None
+) -> tuple[str | None, str | None, str]:
+    """``(path, key, note)`` for an error about value ``field`` whose provenance string is ``where``.
+
+    Provenance strings come in three forms. ``LABEL:KEY`` (a key of the file or dict ``LABEL``):
+    the key is ``KEY``, and a dict or config object without a path is named ``<LABEL>``. An
+    override origin (``explicit``, ``env ROPEPATCH``, ...): the error is the override's, so its
+    path is that origin and its key the override key. Anything else (a default, a value derived
+    from two keys, the known-checkpoint table) has no single key: ``key`` is ``None`` and the
+    note, which the message must carry, says where the value came from. ``label`` is the source's
+    label when known (a file name may hold spaces or colons); else it is the file name of ``path``.
+    """
+    if not where:
+        return path, field, ""
+    label = label or (os.path.basename(path) if path else None)
+    rest = where[len(label) + 1 :] if label and where.startswith(f"{label}:") else None
+    if rest and not any(c.isspace() for c in rest):  # "dict:hidden_size / dict:num_heads" is no key
+        return path or f"<{label}>", rest, ""
+    match = _LABELLED_KEY.fullmatch(where)
+    if match is not None and not where.startswith(OVERRIDE_ORIGINS):
+        return path or f"<{match.group(1)}>", match.group(2), ""
+    if where.startswith(OVERRIDE_ORIGINS):
+        origin, _, detail = where.partition(": ")
+        key = "target_context" if detail.startswith("target_context") else field
+        return origin, key, ""
+    return path, None, f"{field} came from {where}" if field else f"from {where}"
 
 
 class RopeConfigKeyError(RopeConfigError, KeyError):

@@ -134,6 +134,12 @@ def _split_top(text: str, sep: str) -> list[str]:
 def _parse_value(raw: str, key: str | None = None, origin: str | None = None) -> Any:
     """A ``ROPEPATCH`` / ``--set`` value: true/false, none, an int, a float, a JSON list, else the text."""
     text = raw.strip()
+    if not text.isascii() and any(c.isdigit() or c.isnumeric() for c in text):
+        # int()/float() read any Unicode digit ('٤', '４', '𝟒'); ROPEPATCH numbers are ASCII only,
+        # so that what a shell, a log and a reviewer see is the number ropepatch uses
+        raise RopeConfigError(
+            f"numbers must be written with ASCII digits 0-9, got {short_repr(text, 40)}", path=origin, key=key
+        )
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -184,8 +190,21 @@ def _common_value(canon: str, key: str, value: Any, origin: str) -> float | int:
     if canon in _INT_KEYS:
         if not (isinstance(value, int) or number.is_integer()):
             raise RopeConfigError(f"must be a positive whole number, got {short_repr(value)}", path=origin, key=key)
+        if canon != "rotary_dim" and canon != "head_dim":
+            _within(canon, key, number, origin)
         return int(value)
+    if canon == "factor":
+        _within(canon, key, number, origin)
     return number
+
+
+def _within(canon: str, key: str, number: float, origin: str) -> None:
+    """Contexts and factors beyond what any model uses are refused here (see ``ropepatch.spec``)."""
+    from ropepatch.spec import MAX_CONTEXT, MAX_FACTOR
+
+    limit, what = (MAX_FACTOR, "a factor") if canon == "factor" else (MAX_CONTEXT, "a context (tokens)")
+    if number > limit:
+        raise RopeConfigError(f"{number:g} is beyond any real model: {what} is at most {limit:g}", path=origin, key=key)
 
 
 def _param_value(key: str, value: Any, origin: str) -> Any:

@@ -13,17 +13,25 @@ import importlib.machinery
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ropepatch.forksafe import ForkSafeLock, at_fork_in_child, hold_across_fork
+
 __all__ = [
     "MARKER",
     "PatchSet",
+    "build_finished",
+    "build_started",
+    "builds_in_flight",
     "cancel_import_hooks",
+    "drop_unused",
     "is_patched",
+    "lingering",
     "patch_lock",
     "patch_when_imported",
     "propagate",
@@ -50,6 +58,20 @@ class _Record:
     replacement: Any
     is_item: bool = False
     keep_if: Callable[[], bool] | None = None
+    shared: _Shared | None = None
+
+
+@dataclass
+class _Shared:
+    """One reference-counted patch that several patch sets hold (every enable() installs the same one)."""
+
+    owner: Any
+    attr: str
+    is_item: bool
+    original: Any
+    replacement: Any
+    keep_if: Callable[[], bool] | None
+    count: int = 0
 
 
 class PatchSet:
@@ -62,8 +84,12 @@ class PatchSet:
     def __len__(self) -> int:
         return len(self._records)
 
-    def set(self, owner: Any, attr: str, replacement: Any) -> Any:
-        """Replace ``owner.attr`` with ``replacement``; return the object that was visible before."""
+    def set(self, owner: Any, attr: str, replacement: Any, *, keep_if: Callable[[], bool] | None = None) -> Any:
+        """Replace ``owner.attr`` with ``replacement``; return the object that was visible before.
+
+        ``keep_if``: as for :meth:`set_item`, the replacement stays at restore while this returns
+        True (a model build in flight still calls it) and is undone by a later restore.
+        """
         visible = getattr(owner, attr, _ABSENT)
         # classes: restore exactly what was in the class's own __dict__ (inherited -> delete again)
         if isinstance(owner, type):
@@ -77,7 +103,7 @@ class PatchSet:
         except (AttributeError, TypeError):
             pass  # e.g. classmethod objects on old Pythons, builtins: the record still tracks it
         setattr(owner, attr, replacement)
-        self._records.append(_Record(owner, attr, original, replacement))
+        self._records.append(_Record(owner, attr, original, replacement, keep_if=keep_if))
         return None if visible is _ABSENT else visible
 
     def set_item(self, mapping: Any, key: str, value: Any, *, keep_if: Callable[[], bool] | None = None) -> None:
@@ -90,42 +116,68 @@ class PatchSet:
         mapping[key] = value
         self._records.append(_Record(mapping, key, original, value, is_item=True, keep_if=keep_if))
 
+    def share(
+        self, owner: Any, attr: str, value: Any, *, item: bool = False, keep_if: Callable[[], bool] | None = None
+    ) -> None:
+        """Install ``value`` at ``owner.attr`` (``owner[attr]`` with ``item``), counted across patch sets.
+
+        For patches every enable() makes alike (registry entries, validators, the model-build hooks):
+        the first holder installs ``value``, the last :meth:`restore` puts the original back, unless
+        ``keep_if()`` still says it is needed (a build in flight); then :func:`drop_unused` does,
+        and a new holder meanwhile takes the kept patch over instead of wrapping it again.
+        """
+        key = (id(owner), attr, item)
+        with _linger_lock:
+            shared = _shared.get(key)
+            if shared is None or shared.owner is not owner:
+                probe = _Record(owner, attr, _ABSENT, value, is_item=item)
+                original = _current_value(probe)
+                if not item and not isinstance(owner, (type, ModuleType)):
+                    original = getattr(owner, "__dict__", {}).get(attr, _ABSENT)
+                if item:
+                    owner[attr] = value
+                else:
+                    try:
+                        setattr(value, MARKER, True)
+                    except (AttributeError, TypeError):
+                        pass
+                    setattr(owner, attr, value)
+                shared = _Shared(owner, attr, item, original, value, keep_if)
+                _shared[key] = shared
+            shared.count += 1
+            record = _Record(owner, attr, shared.original, value, is_item=item, keep_if=keep_if, shared=shared)
+            self._records.append(record)
+
     def restore(self) -> list[str]:
-        """Undo every patch, newest first; return messages for patches someone else replaced."""
+        """Undo every patch, newest first; return messages for patches someone else replaced.
+
+        A patch whose ``keep_if`` says it is still in use (a model build in flight, a live module
+        that looks its registry entry up) stays until a later restore or :func:`drop_unused`
+        finds it unused.
+        """
         problems: list[str] = []
-        _drop_unused_lingering()
-        while self._records:
-            rec = self._records.pop()
-            if rec.is_item:
-                current = rec.owner.get(rec.attr, _ABSENT)
-                if current is not rec.replacement:
-                    problems.append(f"{self.name}: {rec.attr!r} was changed by someone else; left as it is")
+        with _linger_lock:
+            records, self._records = self._records, []
+            while records:
+                rec = records.pop()
+                if rec.shared is not None:
+                    rec.shared.count -= 1
+                    continue  # the last holder gone: drop_unused() below puts the original back
+                if _current_value(rec) is not rec.replacement:
+                    if rec.is_item:
+                        problems.append(f"{self.name}: {rec.attr!r} was changed by someone else; left as it is")
+                    else:
+                        owner = getattr(rec.owner, "__name__", rec.owner)
+                        problems.append(
+                            f"{self.name}: {owner!r}.{rec.attr} was re-patched by someone else; left as it is"
+                        )
                     continue
-                if rec.original is _ABSENT and rec.keep_if is not None and rec.keep_if():
+                if rec.keep_if is not None and rec.keep_if():
                     _lingering.append(rec)
                     log.info("ropepatch: %s: keeping %r while models built under ropepatch use it", self.name, rec.attr)
                     continue
-                if rec.original is _ABSENT:
-                    del rec.owner[rec.attr]
-                else:
-                    rec.owner[rec.attr] = rec.original
-                continue
-            current = getattr(rec.owner, rec.attr, _ABSENT)
-            if isinstance(rec.owner, type) or isinstance(rec.owner, ModuleType):
-                current = rec.owner.__dict__.get(rec.attr, _ABSENT)
-            if current is not rec.replacement:
-                problems.append(
-                    f"{self.name}: {getattr(rec.owner, '__name__', rec.owner)!r}.{rec.attr} was re-patched by "
-                    "someone else; left as it is"
-                )
-                continue
-            if rec.original is _ABSENT:
-                try:
-                    delattr(rec.owner, rec.attr)
-                except AttributeError:
-                    pass
-            else:
-                setattr(rec.owner, rec.attr, rec.original)
+                _undo(rec)
+        drop_unused()
         for msg in problems:
             log.warning("ropepatch: %s", msg)
         return problems
@@ -144,21 +196,98 @@ class PatchSet:
             raise
 
 
-# entries kept by restore() because live objects still used them (see PatchSet.set_item)
+# patches kept by restore() because a build in flight or a live object still used them
 _lingering: list[_Record] = []
+_shared: dict[tuple[int, str, bool], _Shared] = {}
+_linger_lock = hold_across_fork(ForkSafeLock(reentrant=True), 2)
 
 
-def _drop_unused_lingering() -> None:
-    for rec in list(_lingering):
-        if rec.keep_if is not None and rec.keep_if():
-            continue
-        _lingering.remove(rec)
-        if rec.owner.get(rec.attr, _ABSENT) is rec.replacement:
+def _current_value(rec: _Record) -> Any:
+    if rec.is_item:
+        return rec.owner.get(rec.attr, _ABSENT)
+    if isinstance(rec.owner, (type, ModuleType)):
+        return rec.owner.__dict__.get(rec.attr, _ABSENT)
+    return getattr(rec.owner, rec.attr, _ABSENT)
+
+
+def _undo(rec: _Record) -> None:
+    if rec.is_item:
+        if rec.original is _ABSENT:
             del rec.owner[rec.attr]
+        else:
+            rec.owner[rec.attr] = rec.original
+    elif rec.original is _ABSENT:
+        try:
+            delattr(rec.owner, rec.attr)
+        except AttributeError:
+            pass
+    else:
+        setattr(rec.owner, rec.attr, rec.original)
+
+
+def drop_unused() -> None:
+    """Undo the kept patches nothing uses any more (``disable()`` and the end of each build call it)."""
+    with _linger_lock:
+        for key, shared in list(_shared.items()):
+            if shared.count > 0 or (shared.keep_if is not None and shared.keep_if()):
+                continue
+            del _shared[key]
+            rec = _Record(shared.owner, shared.attr, shared.original, shared.replacement, is_item=shared.is_item)
+            if _current_value(rec) is shared.replacement:
+                _undo(rec)
+        for rec in list(_lingering):
+            if rec.keep_if is not None and rec.keep_if():
+                continue
+            _lingering.remove(rec)
+            if _current_value(rec) is rec.replacement:
+                _undo(rec)
+
+
+def lingering() -> int:
+    """How many restored patches are kept because something still uses them."""
+    with _linger_lock:
+        return len(_lingering) + sum(1 for s in _shared.values() if s.count == 0)
+
+
+# -- builds in flight -------------------------------------------------------------------------
+# A model build that started while ropepatch was enabled looks ropepatch's registry entries and
+# validators up until it finishes; disable() meanwhile must not pull them from under it. Builds
+# are tracked by their object (a failed build's object dies, and with it its entry).
+_builds: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@at_fork_in_child
+def _forget_builds_of_other_threads() -> None:
+    # threads of the parent that were building a model do not exist in a forked child: their
+    # builds never finish there, and must not keep patches alive
+    _builds.clear()
+    drop_unused()
+
+
+def build_started(obj: Any) -> None:
+    """``obj`` (a model under construction) may look up ropepatch's patches until :func:`build_finished`."""
+    with _linger_lock:
+        try:
+            _builds.add(obj)
+        except TypeError:  # not weak-referenceable: nothing to track it by
+            pass
+
+
+def build_finished(obj: Any) -> None:
+    """The build of ``obj`` is over; patches kept only for builds are undone when none is left."""
+    with _linger_lock:
+        _builds.discard(obj)
+        if not _builds:
+            drop_unused()
+
+
+def builds_in_flight() -> bool:
+    """True while a model build that started under ropepatch has not finished (or its object lives unfinished)."""
+    return len(_builds) > 0
 
 
 # -- post-import hooks (wrapt's idea: fire now if imported, else right after the import) ------
-_hook_lock = threading.RLock()
+_hook_lock = hold_across_fork(ForkSafeLock(reentrant=True), 3)
 _pending: dict[str, list[Callable[[ModuleType], None]]] = {}
 
 
@@ -307,7 +436,7 @@ def patch_when_imported(
 # deferred patches of all adapters run one at a time: two runtimes imported in two threads must not
 # interleave their transactions (a restore of one would see the other's half-applied records).
 # Adapters that patch classes while a model is built take it too (``patch_lock``).
-_deferred_lock = patch_lock = threading.RLock()
+_deferred_lock = patch_lock = hold_across_fork(ForkSafeLock(reentrant=True), 1)
 
 
 def cancel_import_hooks(hook_filter: Callable[[Callable[..., Any]], bool] | None = None) -> None:

@@ -12,7 +12,6 @@ import importlib
 import importlib.metadata
 import logging
 import os
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ import pluggy
 
 from ropepatch import hookspecs
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 
 __all__ = ["BUILTIN_PLUGINS", "PluginInfo", "Registry", "canonical_name", "get_registry", "reset_registry"]
 
@@ -193,7 +193,7 @@ class Registry:
         return self.methods.values()
 
 
-_lock = threading.RLock()
+_lock = ForkSafeLock(reentrant=True)
 _registry: Registry | None = None
 
 

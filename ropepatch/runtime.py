@@ -11,15 +11,15 @@ still installs; under ``strict=True`` it raises instead, out of the ``import`` t
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ropepatch.forksafe import ForkSafeLock, hold_across_fork
 from ropepatch.overrides import Override, env_overrides, override_from_mapping
-from ropepatch.patching import PatchSet, cancel_import_hooks, when_imported
+from ropepatch.patching import PatchSet, cancel_import_hooks, drop_unused, patch_lock, when_imported
 
 __all__ = [
     "EnableState",
@@ -35,7 +35,7 @@ __all__ = [
 
 log = logging.getLogger("ropepatch")
 
-_lock = threading.RLock()
+_lock = hold_across_fork(ForkSafeLock(reentrant=True), 0)
 
 
 @dataclass
@@ -157,6 +157,9 @@ def enable(
         if state.runtimes is not None and adapter.name not in state.runtimes:
             continue
         when_imported(adapter.trigger, _installer(state, adapter))
+    with _lock:
+        if _state is not state:  # disable() ran while the hooks were being registered: drop them
+            cancel_import_hooks(lambda hook: getattr(hook, "__ropepatch_state__", None) is state)
 
 
 def _installer(state: EnableState, adapter: Any) -> Any:
@@ -172,18 +175,26 @@ def _installer(state: EnableState, adapter: Any) -> Any:
 
 
 def disable() -> None:
-    """Undo everything ``enable()`` did: every patched attribute gets its original object back."""
+    """Undo everything ``enable()`` did: every patched attribute gets its original object back.
+
+    A model build that started while ropepatch was enabled still finishes with the registry
+    entries it looks up: those stay until the last such build ends (or, for a dynamic rotary
+    module, until the module dies), and then go; no import finder or hook is left behind.
+    """
     global _state
     with _lock:
         state, _state = _state, None
-        if state is None:
-            return
-        from ropepatch import kernels as _kernels
+        if state is not None:
+            from ropepatch import kernels as _kernels
 
-        _kernels.set_enabled(False)
-        cancel_import_hooks(lambda hook: getattr(hook, "__ropepatch_state__", None) is state)
-        for name in reversed(list(state.installed)):
-            state.installed.pop(name).restore()
+            _kernels.set_enabled(False)
+            # every hook of a state that is not the current one is dead (this one, or one an enable()
+            # racing this disable() registered): none may keep the import finder on sys.meta_path
+            cancel_import_hooks(lambda hook: getattr(hook, "__ropepatch_state__", None) is not None)
+            with patch_lock:  # an adapter patching a class for a build in flight does so under it
+                for name in reversed(list(state.installed)):
+                    state.installed.pop(name).restore()
+        drop_unused()  # patches kept for builds or models that are gone by now
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ropepatch.errors import RopeConfigError, short_repr
+from ropepatch.errors import RopeConfigError, locate, short_repr
 from ropepatch.methods.base import seq_len_int
 
 if TYPE_CHECKING:
@@ -29,6 +29,13 @@ _SCHEMA = "ropepatch-spec/1"
 
 #: the largest rotary dimension a spec accepts (real models use 32-512)
 MAX_ROTARY_DIM = 1 << 16
+#: the longest context (tokens) a spec accepts, for the original, maximum, target and effective
+#: context alike: 2**31 is over 200 times the longest context any released model claims (10M),
+#: and the largest position a signed 32-bit index (CUDA kernels, llama.cpp) can address
+MAX_CONTEXT = 1 << 31
+#: the largest scaling factor a spec accepts: 65536 stretches even a 32k-token original to
+#: MAX_CONTEXT; published checkpoints use 2 to 64. Beyond it a "valid" spec is a typo or hostile
+MAX_FACTOR = float(1 << 16)
 
 
 class _CheckedCall(type):
@@ -87,7 +94,8 @@ class RopeSpec(metaclass=_CheckedCall):
 
         _check_containers(self)
         where = self.provenance.get
-        method = get_registry().method(self.method, source=self.source, key=where("method") or "method")
+        path, key, _ = locate(where("method"), "method", self.source)
+        method = get_registry().method(self.method, source=path, key=key or "method")
         object.__setattr__(self, "method", _canon(method.name))
         object.__setattr__(self, "rope_theta", _positive_float(self.rope_theta, "rope_theta", self, where))
         for name in ("rotary_dim", "head_dim", "original_max_position_embeddings", "max_position_embeddings"):
@@ -95,25 +103,43 @@ class RopeSpec(metaclass=_CheckedCall):
             if value is not None:
                 object.__setattr__(self, name, _positive_int(value, name, self, where))
         if self.rotary_dim is not None and self.rotary_dim % 2:
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 f"rotary_dim must be even, got {self.rotary_dim}",
                 path=self.source,
-                key=where("rotary_dim") or "rotary_dim",
+                field="rotary_dim",
+                where=where("rotary_dim"),
             )
         if self.rotary_dim is not None and self.rotary_dim < 2:
-            raise RopeConfigError(
-                "rotary_dim must be at least 2", path=self.source, key=where("rotary_dim") or "rotary_dim"
+            raise RopeConfigError.at(
+                "rotary_dim must be at least 2", path=self.source, field="rotary_dim", where=where("rotary_dim")
             )
         if self.rotary_dim is not None and self.rotary_dim > MAX_ROTARY_DIM:
             # no model rotates more than a few hundred dims; a huge value would make every
             # frequency computation allocate memory in proportion to a number the file merely declared
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 f"rotary_dim {self.rotary_dim} is beyond any real model (at most {MAX_ROTARY_DIM})",
                 path=self.source,
-                key=where("rotary_dim") or "rotary_dim",
+                field="rotary_dim",
+                where=where("rotary_dim"),
             )
+        for name in ("original_max_position_embeddings", "max_position_embeddings"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_CONTEXT:
+                raise RopeConfigError.at(
+                    f"{name} {short_repr(value)} is beyond any real model (at most 2**31 = {MAX_CONTEXT} tokens)",
+                    path=self.source,
+                    field=name,
+                    where=where(name),
+                )
         if self.factor is not None:
             object.__setattr__(self, "factor", _positive_float(self.factor, "factor", self, where))
+            if self.factor > MAX_FACTOR:
+                raise RopeConfigError.at(
+                    f"factor {self.factor:g} is beyond any real model (at most {MAX_FACTOR:g})",
+                    path=self.source,
+                    field="factor",
+                    where=where("factor"),
+                )
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         object.__setattr__(self, "provenance", MappingProxyType({str(k): str(v) for k, v in self.provenance.items()}))
         object.__setattr__(self, "warnings", tuple(str(w) for w in self.warnings))
@@ -130,11 +156,27 @@ class RopeSpec(metaclass=_CheckedCall):
         kept = {k: _jsonable(v) for k, v in self.params.items() if k in declared}
         object.__setattr__(self, "params", MappingProxyType(kept))
         context = self._checked(lambda: method.effective_context(self, prepared), "the effective context")
+        if prepared.factor is not None and _as_float(prepared.factor) is not None and prepared.factor > MAX_FACTOR:
+            raise RopeConfigError.at(  # a factor derived from max / original context
+                f"the scaling factor {prepared.factor:g} is beyond any real model (at most {MAX_FACTOR:g})",
+                path=self.source,
+                field="factor",
+                where=where("factor"),
+            )
+        if context is not None and isinstance(context, int) and context > MAX_CONTEXT:
+            raise RopeConfigError.at(
+                f"the effective context (factor x original context) is {context} tokens, beyond any real "
+                f"model (at most 2**31 = {MAX_CONTEXT}); check factor",
+                path=self.source,
+                field="factor",
+                where=where("factor"),
+            )
         if context is not None and (not isinstance(context, int) or context < 1):
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 f"the effective context (factor x original context) is {context!r} tokens; check factor",
                 path=self.source,
-                key=where("factor") or "factor",
+                field="factor",
+                where=where("factor"),
             )
 
     def _checked(self, fn: Any, what: str) -> Any:
@@ -142,11 +184,12 @@ class RopeSpec(metaclass=_CheckedCall):
         try:
             return fn()
         except ArithmeticError as exc:  # OverflowError, ZeroDivisionError: inputs out of float64 range
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 f"{self.method}: {what} cannot be computed ({exc}); factor, rope_theta or a method "
                 "parameter is out of range",
                 path=self.source,
-                key=self.provenance.get("factor") or "factor",
+                field="factor",
+                where=self.provenance.get("factor"),
             ) from None
 
     # -- the public contract -----------------------------------------------------------------
@@ -209,11 +252,12 @@ class RopeSpec(metaclass=_CheckedCall):
         )
         inv = list(inv)
         if not all(_finite_positive(x) for x in inv) or not _finite_positive(attention):
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 f"{self.method} produced non-finite or non-positive frequencies or attention factor for "
                 f"seq_len={seq_len}; check factor, rope_theta and the method parameters",
                 path=self.source,
-                key=self.provenance.get("factor") or "factor",
+                field="factor",
+                where=self.provenance.get("factor"),
             )
         return [float(x) for x in inv], float(attention)
 
@@ -237,11 +281,12 @@ class RopeSpec(metaclass=_CheckedCall):
         tensor = torch.tensor(inv, dtype=torch.float64, device="cpu").to(torch.float32)
         if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
             # finite positive in float64 but outside float32's range (rope_theta of 1e300, say)
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 f"{self.method} frequencies for seq_len={seq_len} leave float32's range "
                 f"({min(inv):.3g} .. {max(inv):.3g}); check rope_theta and factor",
                 path=self.source,
-                key=self.provenance.get("rope_theta") or "rope_theta",
+                field="rope_theta",
+                where=self.provenance.get("rope_theta"),
             )
         # no device: the caller's default device, as torch.tensor would give (meta under from_pretrained)
         target = torch.device(device) if device is not None else torch.get_default_device()
@@ -341,11 +386,12 @@ def _finite_positive(x: Any) -> bool:
 
 def _positive_result(value: Any, what: str, spec: RopeSpec) -> float:
     if not _finite_positive(value):
-        raise RopeConfigError(
+        raise RopeConfigError.at(
             f"{spec.method}: the {what} is {short_repr(value)}, not a finite positive number; "
             "check the method parameters",
             path=spec.source,
-            key=spec.provenance.get("factor") or "factor",
+            field="factor",
+            where=spec.provenance.get("factor"),
         )
     return float(value)
 
@@ -415,10 +461,11 @@ def _positive_float(value: Any, name: str, spec: RopeSpec, where: Any) -> float:
     out = _as_float(value)
     if out is None or out <= 0:
         kind = "" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{type(value).__name__} "
-        raise RopeConfigError(
+        raise RopeConfigError.at(
             f"{name} must be a finite positive number, got {kind}{short_repr(value)}",
             path=spec.source,
-            key=where(name) or name,
+            field=name,
+            where=where(name),
         )
     return out
 
@@ -427,9 +474,10 @@ def _positive_int(value: Any, name: str, spec: RopeSpec, where: Any) -> int:
     out = _as_float(value)
     whole = out is not None and (isinstance(value, int) or out.is_integer())
     if not whole or value <= 0:
-        raise RopeConfigError(
+        raise RopeConfigError.at(
             f"{name} must be a positive whole number, got {short_repr(value)}",
             path=spec.source,
-            key=where(name) or name,
+            field=name,
+            where=where(name),
         )
     return int(value)

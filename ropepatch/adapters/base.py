@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import InvalidVersion, Version
 
 from ropepatch.errors import RopeConfigError, RopepatchWarning
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.patching import PatchSet, patch_when_imported, propagate
-from ropepatch.versions import installed_version
+from ropepatch.versions import installed_version, installed_version_text
 
 if TYPE_CHECKING:
     from ropepatch.runtime import EnableState
@@ -149,6 +149,9 @@ class Adapter:
         if not self.distribution:
             return None
         if version is None:
+            text = installed_version_text(self.distribution)
+            if text is not None:  # a local build whose version is not PEP 440 is installed, not missing
+                return f"{self.distribution} {text!r} is installed, but its version does not parse (PEP 440)"
             return f"{self.distribution} is not installed"
         low = self.minimum()
         if low is not None and Version(version.base_version) < low:
@@ -409,7 +412,7 @@ class Adapter:
         return f"<ropepatch adapter {self.name!r} (>= {self.minimum()}, tested up to {self.tested_up_to or '?'})>"
 
 
-_said_lock = threading.Lock()
+_said_lock = ForkSafeLock()
 
 #: what plain RoPE computes with: an override of any of these is not what a runtime computes on its own
 _PLAIN_NUMBERS = frozenset({"method", "rope_theta", "rotary_dim", "head_dim"})

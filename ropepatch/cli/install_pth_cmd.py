@@ -7,6 +7,7 @@ environment, but only while ``ROPEPATCH_AUTOENABLE=1`` is set; see :mod:`ropepat
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 __all__ = ["add_parser", "run"]
@@ -29,7 +30,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ropepatch.launcher.pth import install_pth
 
-    path = install_pth(args.site)
+    try:
+        path = install_pth(args.site)
+    except OSError as exc:  # a missing folder, no permission, a read-only file system: one line, no traceback
+        reason = exc.strerror if exc.filename is not None and exc.strerror else str(exc)
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"ropepatch: error: cannot install the .pth file: {reason}{where}", file=sys.stderr)
+        print("  give an existing site-packages folder you can write to with --site DIR", file=sys.stderr)
+        return 2
     print(f"installed {path}")
     print("active in processes started with ROPEPATCH_AUTOENABLE=1")
     return 0

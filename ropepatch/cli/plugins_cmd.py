@@ -18,6 +18,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ropepatch.registry import get_registry
+    from ropepatch.versions import installed_version_text
 
     reg = get_registry()
     plugins = [info.to_dict() for info in reg.plugins.values() if args.all or not info.builtin]
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {p['name']}{version}{' (built-in)' if p['builtin'] else ''}: {state}")
     print("adapters")
     for a in adapters:
-        installed = a["installed"] or "not installed"
+        text = None if a["installed"] else installed_version_text(a["distribution"])
+        installed = a["installed"] or (f"{text!r} (unparsable version)" if text is not None else "not installed")
         verdict = a["problem"] or ("ok, newer than tested" if a["untested"] else "ok")
         floor = f">= {a['floor']}" if a["floor"] else "any version"
         tested = f", tested up to {a['tested_up_to']}" if a["tested_up_to"] else ""

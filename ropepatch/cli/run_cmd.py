@@ -74,6 +74,15 @@ def run(args: argparse.Namespace) -> int:
         print("ropepatch: error: run needs a command after --, e.g. ropepatch run -- python serve.py", file=sys.stderr)
         return 2
     command = _llamacpp_hook(command, overrides)
+    from ropepatch.launcher.children import UnreachedChildError, report_unreached, unreached_reason
+
+    reason = unreached_reason(None, command, env)
+    if reason is not None:  # python -I/-E/-S: the start-up hook cannot reach it
+        try:
+            report_unreached(command, reason, strict=args.strict)
+        except UnreachedChildError as exc:
+            print(f"ropepatch: error: {str(exc).removeprefix('ropepatch: ')}", file=sys.stderr)
+            return 2
     sys.stdout.flush()
     sys.stderr.flush()
     if os.name != "posix":  # no exec on Windows: wait for the child and pass its status on

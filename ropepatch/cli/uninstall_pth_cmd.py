@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 __all__ = ["add_parser", "run"]
@@ -17,6 +18,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ropepatch.launcher.pth import uninstall_pth
 
-    path = uninstall_pth(args.site)
+    try:
+        path = uninstall_pth(args.site)
+    except OSError as exc:  # no permission, a folder in the way: one line, no traceback
+        print(f"ropepatch: error: cannot remove the .pth file: {exc}", file=sys.stderr)
+        return 2
     print(f"removed {path}" if path else "nothing to remove: no ropepatch .pth file there")
     return 0

@@ -9,32 +9,50 @@ from typing import Any
 from ropepatch.errors import RopeConfigError, short_repr
 from ropepatch.metadata.view import ConfigView
 
-__all__ = ["read_common", "rope_dict", "gguf_arch", "number"]
+__all__ = ["read_common", "rope_dict", "gguf_arch", "number", "view_key"]
 
 
 def number(value: Any, view: ConfigView, key: str, *, integer: bool = False) -> float | int:
-    """``value`` as a finite number, or a RopeConfigError naming the key."""
+    """``value`` as a finite number, or a RopeConfigError naming the key.
+
+    ``key`` is a key of the view or its provenance string (``config.json:rope_theta``, or a
+    description such as ``default (...)`` for a value no single key holds).
+    """
+
+    def bad(message: str) -> RopeConfigError:
+        return RopeConfigError.at(message, field=None, where=view_key(view, key), path=view.path, label=view.label)
+
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         if isinstance(value, str):
+            if not value.isascii():
+                # float() reads any Unicode digit ('٤', '４'); a config value is written with ASCII digits
+                raise bad(f"expected a number written with ASCII digits, got {short_repr(value)}")
             try:
                 value = float(value)
             except ValueError:
-                raise RopeConfigError(f"expected a number, got {short_repr(value)}", path=view.path, key=key) from None
+                raise bad(f"expected a number, got {short_repr(value)}") from None
         else:
-            raise RopeConfigError(
-                f"expected a number, got {type(value).__name__} {short_repr(value)}", path=view.path, key=key
-            )
+            raise bad(f"expected a number, got {type(value).__name__} {short_repr(value)}")
     try:
         finite = math.isfinite(value)  # an int beyond float range overflows here
     except OverflowError:
         finite = False
     if not finite:
-        raise RopeConfigError(f"expected a finite number, got {short_repr(value)}", path=view.path, key=key)
+        raise bad(f"expected a finite number, got {short_repr(value)}")
     if integer:
         if isinstance(value, float) and not value.is_integer():
-            raise RopeConfigError(f"expected a whole number, got {short_repr(value)}", path=view.path, key=key)
+            raise bad(f"expected a whole number, got {short_repr(value)}")
         return int(value)
     return value
+
+
+def view_key(view: ConfigView, where: str) -> str:
+    """``where`` as :func:`ropepatch.errors.locate` reads it: a bare key of ``view`` gets its label."""
+    if where.startswith(f"{view.label}:"):
+        return where  # already a provenance string
+    if where in view.data or not any(c.isspace() for c in where):
+        return f"{view.label}:{where}"
+    return where  # a description (a default, a value derived from two keys)
 
 
 def gguf_arch(view: ConfigView) -> str | None:
@@ -115,7 +133,13 @@ def read_common(view: ConfigView) -> tuple[dict[str, Any], dict[str, str]]:
             h = number(hidden, view, hw, integer=True)
             n = number(heads, view, nw, integer=True)
             if n <= 0 or h % n:
-                raise RopeConfigError(f"hidden size {h} is not divisible by {n} heads", path=view.path, key=nw)
+                raise RopeConfigError.at(
+                    f"hidden size {h} is not divisible by {n} heads",
+                    field=None,
+                    where=nw,
+                    path=view.path,
+                    label=view.label,
+                )
             values["head_dim"], where["head_dim"] = h // n, f"{hw} / {nw}"
 
     rope_head, w = view.first("qk_rope_head_dim", "rotary_dim", "rotary_emb_dim")
@@ -129,7 +153,9 @@ def read_common(view: ConfigView) -> tuple[dict[str, Any], dict[str, str]]:
         if frac is not None:
             f = number(frac, view, fw)
             if not 0 < f <= 1:
-                raise RopeConfigError(f"must be in (0, 1], got {f}", path=view.path, key=fw)
+                raise RopeConfigError.at(
+                    f"must be in (0, 1], got {f}", field=None, where=fw, path=view.path, label=view.label
+                )
             values["rotary_dim"] = int(values["head_dim"] * f)
             where["rotary_dim"] = f"{where['head_dim']} * {fw}"
         else:

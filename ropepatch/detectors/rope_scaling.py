@@ -104,7 +104,13 @@ def _from_top_level_original(view: ConfigView, top_original: Any) -> Finding | N
         return None
     maxpos = number(maxpos, view, view.where("max_position_embeddings"), integer=True)
     if original <= 0:
-        raise RopeConfigError(f"must be a positive whole number, got {original}", path=view.path, key=where_o)
+        raise RopeConfigError.at(
+            f"must be a positive whole number, got {original}",
+            field=None,
+            where=where_o,
+            path=view.path,
+            label=view.label,
+        )
     if maxpos <= original:
         f = Finding("default", detector="rope_scaling")
         f.set("original_max_position_embeddings", original, where_o)

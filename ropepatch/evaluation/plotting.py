@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ropepatch.atomic import atomic_open
+
 __all__ = ["plot_passkey", "plot_perplexity"]
 
 
@@ -69,7 +71,8 @@ def plot_perplexity(
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(path)
-    fig.savefig(out, dpi=110)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, dpi=110, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out
 
@@ -113,6 +116,7 @@ def plot_passkey(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str
     if title:
         fig.suptitle(title, fontsize=10)
     out = Path(path)
-    fig.savefig(out, dpi=110)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, dpi=110, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ropepatch.atomic import atomic_open, atomic_write
+
 __all__ = ["markdown_tables", "write_results"]
 
 PPL_COLUMNS = ["method", "length", "windows", "tokens", "nll", "ppl", "tail_tokens", "tail_nll", "tail_ppl"]
@@ -16,7 +18,7 @@ PASSKEY_COLUMNS = ["method", "length", "depth", "trials", "correct", "accuracy"]
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for row in rows:
@@ -40,7 +42,7 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     written["json"] = out / "results.json"
-    written["json"].write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
+    atomic_write(written["json"], json.dumps(results, indent=2, default=_jsonable) + "\n")
     written["perplexity_csv"] = out / "perplexity.csv"
     _write_csv(written["perplexity_csv"], results.get("perplexity", []), PPL_COLUMNS)
     if results.get("passkey"):
@@ -57,7 +59,7 @@ def write_results(
             if results.get("passkey"):
                 written["passkey_png"] = plot_passkey(results["passkey"], out / "passkey.png", title=title)
         except ImportError as exc:
-            (out / "PLOTS_SKIPPED.txt").write_text(f"{exc}\n")
+            atomic_write(out / "PLOTS_SKIPPED.txt", f"{exc}\n")
             written["plots_skipped"] = out / "PLOTS_SKIPPED.txt"
     return written
 

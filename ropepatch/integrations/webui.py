@@ -28,14 +28,15 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ropepatch.atomic import atomic_open
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 
 __all__ = [
     "OVERRIDE_FIELDS",
@@ -99,7 +100,7 @@ class OverrideStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every model's overrides (an unreadable file counts as empty, with a warning)."""
@@ -149,14 +150,10 @@ class OverrideStore:
 
     def _write(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".overrides-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-            os.replace(tmp, self.path)  # readers never see a half-written file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a private temporary file renamed over the name: readers never see a half-written file,
+        # and a symlink planted at the store's name is replaced, its target never written
+        with atomic_open(self.path, "w", perms=0o600) as f:
+            json.dump(data, f, indent=2, sort_keys=True)
 
 
 def enable_with_store(store: OverrideStore, **kwargs: Any) -> None:
@@ -261,7 +258,7 @@ def _model_path(args: Any, name: Any) -> str | None:
 # -- the llama.cpp loader --------------------------------------------------------------------
 #: per model name: what the llama.cpp loader did (flags added, or why it could not), for the panel
 llamacpp_notes: dict[str, str] = {}
-_loader_lock = threading.Lock()
+_loader_lock = ForkSafeLock()
 _loader_installed: set[int] = set()
 
 

@@ -58,6 +58,11 @@ def autoenable(environ: Mapping[str, str] | None = None) -> bool:
     if env.get(ENV_LOG):
         _log_to_stderr(env[ENV_LOG])
     strict = truthy(env.get(ENV_STRICT))
+    if environ is None:
+        # the Python processes this one starts with -I/-E/-S would miss the start-up hook: report them
+        from ropepatch.launcher.children import install_child_guard
+
+        install_child_guard()
     runtimes = [n.strip() for n in env.get(ENV_RUNTIMES, "").split(",") if n.strip()] or None
     try:
         with _all_site_dirs():

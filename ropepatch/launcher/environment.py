@@ -129,7 +129,13 @@ def _check_runtimes(runtimes: Iterable[str] | None) -> list[str] | None:
 
 
 def _prepend_path(entry: str, current: str) -> str:
-    """``entry`` first on a ``PYTHONPATH`` value, without duplicates (a nested ``ropepatch run``)."""
+    """``entry`` first on a ``PYTHONPATH`` value, without duplicates (a nested ``ropepatch run``).
+
+    Every other entry stays as the user wrote it, empty ones included: Python reads an empty
+    entry as the current directory, and a program may rely on importing from there.
+    """
+    if not current:
+        return entry
     real = os.path.realpath(entry)
-    rest = [p for p in current.split(os.pathsep) if p and os.path.realpath(p) != real]
+    rest = [p for p in current.split(os.pathsep) if not p or os.path.realpath(p) != real]
     return os.pathsep.join([entry, *rest])

@@ -12,6 +12,7 @@ import os
 import sysconfig
 from pathlib import Path
 
+from ropepatch.atomic import atomic_write
 from ropepatch.launcher.environment import ENV_AUTOENABLE
 
 __all__ = ["PTH_LINE", "PTH_NAME", "default_site_dir", "install_pth", "uninstall_pth"]
@@ -37,12 +38,10 @@ def install_pth(site_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write the ``.pth`` file into ``site_dir`` (default: :func:`default_site_dir`); return its path."""
     folder = Path(site_dir) if site_dir is not None else default_site_dir()
     if not folder.is_dir():
-        raise FileNotFoundError(f"no such site-packages directory: {folder}")
-    path = folder / PTH_NAME
-    tmp = path.with_suffix(".pth.tmp")
-    tmp.write_text(_HEADER + PTH_LINE, encoding="utf-8")
-    os.replace(tmp, path)  # never leave a half-written line for a process starting now
-    return path
+        raise NotADirectoryError(f"no such site-packages directory: {folder}")
+    # a private temporary file renamed over the name: never a half-written line for a process
+    # starting now, and never a write through a symlink planted at the .pth or temporary name
+    return atomic_write(folder / PTH_NAME, _HEADER + PTH_LINE, perms=0o644)
 
 
 def uninstall_pth(site_dir: str | os.PathLike[str] | None = None) -> Path | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ropepatch.errors import RopeConfigError
+from ropepatch.markers import made_here
 from ropepatch.metadata.gguf import is_gguf, read_gguf_metadata
 from ropepatch.metadata.view import ConfigView
 
@@ -136,7 +137,11 @@ def _view_of_gguf(path: Path) -> ConfigView:
 
 
 def _as_loaded(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A config whose rope dict ropepatch rewrote (a model it patched) read as it was loaded."""
+    """A config whose rope dict ropepatch rewrote (a model it patched) read as it was loaded.
+
+    Only records ropepatch made in this process count (:mod:`ropepatch.markers`): the same key in a
+    config.json is the checkpoint's own data, never an instruction to read other settings.
+    """
     out = None
     for key in ("rope_parameters", "rope_scaling"):
         rope = data.get(key)
@@ -145,7 +150,7 @@ def _as_loaded(data: Mapping[str, Any]) -> Mapping[str, Any]:
         embeds = [rope] + [v for v in rope.values() if isinstance(v, Mapping)]
         for d in embeds:
             embed = d.get("ropepatch")
-            if isinstance(embed, Mapping) and "original" in embed:
+            if made_here(embed) and "original" in embed:
                 out = dict(data) if out is None else out
                 out[key] = embed["original"]
                 break

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ropepatch.errors import RopeConfigError, short_repr
+from ropepatch.errors import RopeConfigError, locate, short_repr
 
 __all__ = [
     "REQUIRED",
@@ -131,14 +131,16 @@ class Method:
             value = spec.params.get(p.name, None)
             if value is None:
                 if p.default is REQUIRED:
-                    raise RopeConfigError(
+                    raise RopeConfigError.at(
                         f"method {self.name!r} needs parameter {p.name!r} ({p.doc})",
                         path=spec.source,
-                        key=where(p.name) or p.name,
+                        field=p.name,
+                        where=where(p.name),
                     )
                 value = p.default
             if value is not None:
-                value = _coerce(p, value, spec.source, where(p.name) or p.name)
+                path, key, _ = locate(where(p.name), p.name, spec.source)
+                value = _coerce(p, value, path, key or p.name)
             params[p.name] = value
         for extra in spec.params:
             if extra not in known:
@@ -261,34 +263,36 @@ def check_params(
     for key in positive:
         value = params.get(key)
         if value is not None and not value > 0:
-            raise RopeConfigError(
-                f"{method}: {key} must be positive, got {value!r}", path=spec.source, key=where(key) or key
+            raise RopeConfigError.at(
+                f"{method}: {key} must be positive, got {value!r}", path=spec.source, field=key, where=where(key)
             )
     for key in non_negative:
         value = params.get(key)
         if value is not None and value < 0:
-            raise RopeConfigError(
-                f"{method}: {key} must not be negative, got {value!r}", path=spec.source, key=where(key) or key
+            raise RopeConfigError.at(
+                f"{method}: {key} must not be negative, got {value!r}", path=spec.source, field=key, where=where(key)
             )
 
 
 def check_ramp_base(method: str, spec: Any, where: Callable[[str], str | None]) -> None:
     """The correction range divides by ln(rope_theta): a base of exactly 1 has no range."""
     if spec.rope_theta == 1:
-        raise RopeConfigError(
+        raise RopeConfigError.at(
             f"{method} needs rope_theta != 1 (its correction range divides by ln(rope_theta))",
             path=spec.source,
-            key=where("rope_theta") or "rope_theta",
+            field="rope_theta",
+            where=where("rope_theta"),
         )
 
 
 def check_ntk_dim(method: str, spec: Any, where: Callable[[str], str | None]) -> None:
     """NTK-aware methods need a rotary dim above 2 (known at prepare time only when the metadata says it)."""
     if spec.rotary_dim is not None and spec.rotary_dim <= 2:
-        raise RopeConfigError(
+        raise RopeConfigError.at(
             f"{method} needs a rotary dim above 2 (its exponent is d/(d-2)), got {spec.rotary_dim}",
             path=spec.source,
-            key=where("rotary_dim") or "rotary_dim",
+            field="rotary_dim",
+            where=where("rotary_dim"),
         )
 
 

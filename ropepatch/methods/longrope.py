@@ -30,21 +30,23 @@ class LongRope(Method):
         where = kw.get("where") or (lambda k: None)
         check_params(self.name, spec, p.params, where, positive=("attention_factor",))
         if p.params["attention_factor"] is None and self.scale(spec, p) > 1 and p.L0 < 2:
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 "LongRoPE's attention factor sqrt(1 + ln s / ln L0) needs an original context of at least 2, "
                 f"got {p.original_max_position_embeddings}",
                 path=spec.source,
-                key=where("original_max_position_embeddings") or "original_max_position_embeddings",
+                field="original_max_position_embeddings",
+                where=where("original_max_position_embeddings"),
             )
         if spec.rotary_dim is not None:
             for key in ("short_factor", "long_factor"):
                 n = len(p.params[key])
                 if n != spec.rotary_dim // 2:
-                    raise RopeConfigError(
+                    raise RopeConfigError.at(
                         f"{key} has {n} entries but the rotary dim {spec.rotary_dim} needs "
                         f"{spec.rotary_dim // 2} (rotary_dim/2)",
                         path=spec.source,
-                        key=where(key) or key,
+                        field=key,
+                        where=where(key),
                     )
         return p
 

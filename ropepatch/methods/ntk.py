@@ -132,11 +132,12 @@ class QwenDynamicNTK(Method):
         p = super().prepare(spec, **kw)
         check_ntk_dim(self.name, spec, _where(kw))
         if p.params["use_logn_attn"] and p.L0 < 2:
-            raise RopeConfigError(
+            raise RopeConfigError.at(
                 "use_logn_attn scales queries by log(pos)/log(L0): the original context must be at least 2, "
                 f"got {p.original_max_position_embeddings}",
                 path=spec.source,
-                key=_where(kw)("original_max_position_embeddings") or "original_max_position_embeddings",
+                field="original_max_position_embeddings",
+                where=_where(kw)("original_max_position_embeddings"),
             )
         return p
 

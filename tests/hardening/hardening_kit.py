@@ -178,9 +178,13 @@ def check_error(exc: RopeConfigError, path: str | None) -> None:
         assert exc.path == str(path), f"error does not name the file {path}: path={exc.path!r}: {exc}"
         assert str(path) in str(exc)
     if exc.key is None:
-        assert any(m in exc.reason for m in FILE_LEVEL), f"error names no key: {exc}"
+        # no single key holds the value (a default, a value derived from two keys): the message says where from
+        derived = " came from " in exc.reason or "(from " in exc.reason
+        assert derived or any(m in exc.reason for m in FILE_LEVEL), f"error names no key: {exc}"
     else:
         assert isinstance(exc.key, str) and repr(exc.key) in str(exc)
+        # a key, never a provenance string ("dict:rope_theta") or a description ("env ROPEPATCH")
+        assert not exc.key.startswith(("dict:", "config.json:", "explicit", "env ROPEPATCH", "default (")), exc.key
 
 
 # -- what a spec must satisfy -----------------------------------------------------------------

@@ -203,9 +203,9 @@ def test_unknown_value_type_names_the_key(tmp_path: Path, vtype: int) -> None:
         ("llama.attention.head_count", kit.F32, 0.5, "llama.attention.head_count"),
         ("llama.attention.head_count", kit.F32, float("inf"), "llama.attention.head_count"),
         ("llama.rope.scaling.factor", kit.F32, float("nan"), "llama.rope.scaling.factor"),
-        ("llama.rope.scaling.factor", kit.F32, -4.0, "model.gguf:llama.rope.scaling.factor"),
-        ("llama.rope.freq_base", kit.F32, 1.0, "model.gguf:llama.rope.freq_base"),
-        ("llama.rope.dimension_count", kit.U32, 2**32 - 1, "model.gguf:llama.rope.dimension_count"),
+        ("llama.rope.scaling.factor", kit.F32, -4.0, "llama.rope.scaling.factor"),
+        ("llama.rope.freq_base", kit.F32, 1.0, "llama.rope.freq_base"),
+        ("llama.rope.dimension_count", kit.U32, 2**32 - 1, "llama.rope.dimension_count"),
         ("llama.rope.scaling.type", kit.U8, 1, "llama.rope.scaling.type"),
     ],
 )

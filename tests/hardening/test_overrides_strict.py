@@ -168,7 +168,7 @@ def test_an_override_method_replaces_an_unknown_metadata_method(monkeypatch: pyt
     monkeypatch.setenv("ROPEPATCH", "target_context=16384")  # no method named: the metadata's must be known
     with pytest.raises(RopeConfigError, match="did you mean 'yarn'") as info:
         detect(cfg)
-    assert info.value.key == "dict:rope_scaling.rope_type"
+    assert (info.value.path, info.value.key) == ("<dict>", "rope_scaling.rope_type")
 
 
 def test_enable_rejects_a_typo_before_any_runtime_is_imported() -> None:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ropepatch.atomic import atomic_write
 from ropepatch.doctor.probe import Computation
 from ropepatch.versions import installed_version
 
@@ -116,9 +117,9 @@ def _write_model(folder: Path, config: Mapping[str, Any]) -> Path:
         data["architectures"] = [_architecture(str(data.get("model_type", "")))]
     data.setdefault("num_key_value_heads", data.get("num_attention_heads"))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(data))
+    atomic_write(folder / "config.json", json.dumps(data))
     header = b"{}"
-    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    atomic_write(folder / "model.safetensors", len(header).to_bytes(8, "little") + header)
     return folder
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -40,6 +39,7 @@ from ropepatch.adapters.exllama.tables import (
     table_policy,
     unexpressible,
 )
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
@@ -68,7 +68,7 @@ class ExLlamaV2Adapter(Adapter):
     )
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._tables: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
 
     # -- installation ---------------------------------------------------------------------

@@ -34,7 +34,6 @@ import functools
 import inspect
 import logging
 import os
-import threading
 from typing import Any
 
 from ropepatch.adapters.base import Adapter, Capability
@@ -46,6 +45,7 @@ from ropepatch.adapters.exllama.tables import (
     unexpressible,
 )
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
@@ -121,7 +121,7 @@ class ExLlamaV3Adapter(Adapter):
     )
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     # -- installation ---------------------------------------------------------------------
     def install(self, patches: PatchSet, state: Any) -> None:

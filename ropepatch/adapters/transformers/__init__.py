@@ -21,15 +21,18 @@ and restored exactly by ``ropepatch.disable()``:
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ropepatch.adapters.base import Adapter, Capability
 from ropepatch.hookspecs import hookimpl
-from ropepatch.patching import PatchSet, patch_lock
+from ropepatch.patching import PatchSet, build_finished, build_started, builds_in_flight, patch_lock
 
 __all__ = ["TransformersAdapter", "register_adapters"]
 
@@ -153,29 +156,107 @@ def _temporary_registry(state: Any) -> PatchSet | None:
     return patches
 
 
+#: per model class: (original __init__, original post_init, our __init__, our post_init); every
+#: enable() installs the same two wrappers as shared patches, so a wrapper kept for a build in
+#: flight is taken over by the next enable() rather than wrapped again
+_hooks: dict[type, tuple[Any, Any, Any, Any]] = {}
+
+
 def _install_model_hooks(patches: PatchSet, modeling_utils: Any) -> None:
     cls = modeling_utils.PreTrainedModel
+    init, post_init = _model_hooks(cls)
+    # both stay past disable() while a build that started before it has not reached post_init
+    patches.share(cls, "__init__", init, keep_if=builds_in_flight)
+    patches.share(cls, "post_init", post_init, keep_if=builds_in_flight)
+
+
+def _model_hooks(cls: type) -> tuple[Any, Any]:
+    current_init, current_post = cls.__dict__["__init__"], cls.__dict__["post_init"]
+    with _lock:
+        hit = _hooks.get(cls)
+        if hit is not None and current_init in (hit[0], hit[2]) and current_post in (hit[1], hit[3]):
+            return hit[2], hit[3]
     configuration_utils = sys.modules["transformers.configuration_utils"]
     config_cls = getattr(configuration_utils, "PreTrainedConfig", None) or configuration_utils.PretrainedConfig
-    original_init = cls.__dict__["__init__"]
-    original_post_init = cls.__dict__["post_init"]
+    original_init, original_post_init = current_init, current_post
 
     @functools.wraps(original_init)
     def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
-        state = _current()
-        if state is not None and isinstance(config, config_cls):
+        state = _build_state(self)
+        patches = getattr(state, "installed", {}).get(TransformersAdapter.name) if state is not None else None
+        if patches is not None and isinstance(config, config_cls):
+            # until post_init, this build may look ropepatch's registry entries up even if
+            # disable() runs meanwhile: they stay until it finishes (or its object dies)
+            build_started(self)
             _prepare(patches, self, config, state)
         original_init(self, config, *args, **kwargs)
 
     @functools.wraps(original_post_init)
     def post_init(self: Any) -> None:
-        original_post_init(self)
-        state = _current()
-        if state is not None and isinstance(getattr(self, "config", None), config_cls):
-            _finish(self, state)
+        try:
+            original_post_init(self)
+            # a build that began before enable() is converted here: its entries must stay too
+            # (tracked before the state is read, so a disable() after the read cannot drop them)
+            build_started(self)
+            state = _build_state(self, finishing=True)
+            # an enable() whose transformers patches are not in yet (another thread is installing them) counts as off
+            ready = state is not None and getattr(state, "installed", {}).get(TransformersAdapter.name) is not None
+            if ready and isinstance(getattr(self, "config", None), config_cls):
+                _finish(self, state)
+        finally:
+            _build_done(self)
+            build_finished(self)
 
-    patches.set(cls, "__init__", __init__)
-    patches.set(cls, "post_init", post_init)
+    with _lock:
+        _hooks[cls] = (original_init, original_post_init, __init__, post_init)
+    return __init__, post_init
+
+
+_builds = threading.local()
+
+
+def _build_state(model: Any, *, finishing: bool = False) -> Any:
+    """The settings a build uses from its first ``__init__`` to its last ``post_init``, even if enable() changes them.
+
+    The outermost model of a build (``LlamaForCausalLM`` around ``LlamaModel``) takes a snapshot of
+    the enable state; the models built inside it, in the same thread, use the same snapshot. A build
+    whose outer object died (an exception) is dropped from the stack the next time.
+    """
+    stack = getattr(_builds, "stack", None)
+    if stack is None:
+        stack = _builds.stack = []
+    while stack and stack[-1][0]() is None:
+        stack.pop()
+    if stack:
+        return stack[-1][1]
+    if finishing:
+        return _current()
+    state = _current()
+    if state is None:
+        return None
+    snapshot = copy.copy(state)  # enable() replaces the override lists, never edits them in place
+    try:
+        stack.append((weakref.ref(model), snapshot))
+    except TypeError:
+        return state
+    return snapshot
+
+
+def _live(patches: Any) -> bool:
+    live = _current()
+    return live is not None and getattr(live, "installed", {}).get(TransformersAdapter.name) is patches
+
+
+def _remote_building() -> Any:
+    from ropepatch.adapters.transformers.remote import building
+
+    return building
+
+
+def _build_done(model: Any) -> None:
+    stack = getattr(_builds, "stack", None)
+    if stack and stack[-1][0]() is model:
+        stack.pop()
 
 
 def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
@@ -194,6 +275,14 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
     if plan is None:
         return
     with _lock:
+        if not _live(patches):
+            # disabled (or re-enabled) meanwhile: its patch set is restored, add nothing to it, and
+            # build this model plain (post_init must not find a plan that was never applied)
+            from ropepatch.adapters.transformers.plan import forget
+
+            forget(config)
+            building.skip = config
+            return
         patch_init_rope(patches, type(model))
         if is_remote(model):
             # remote code reads its config in its own dialect (config.rope_scaling["type"]): the config
@@ -211,6 +300,8 @@ def _finish(model: Any, state: Any) -> None:
     from ropepatch.adapters.transformers.plan import cached_plan
 
     known, plan = cached_plan(model.config)
+    if getattr(_remote_building(), "skip", None) is model.config:
+        return  # _prepare found ropepatch disabled meanwhile: this build stays plain
     if not known:
         # construction began before enable() (another thread enabled meanwhile): the config was
         # never prepared, so convert the built modules as patch_model does

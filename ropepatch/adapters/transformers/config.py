@@ -11,28 +11,45 @@
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type
+from ropepatch.forksafe import ForkSafeLock
+from ropepatch.markers import made_here
 from ropepatch.patching import PatchSet, is_patched
 
 __all__ = ["install_config_patches", "install_strict_validators"]
 
 _MISSING: Any = object()
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def _original_of(value: Any) -> Any:
-    """The pre-rewrite rope dict when ``value`` is one ropepatch rewrote, else ``_MISSING``."""
+    """The rope dict as loaded when ``value`` is one ropepatch rewrote in this process, else ``_MISSING``.
+
+    Only :class:`~ropepatch.markers.Record` embeds count: the same key read from a config.json is
+    the checkpoint's data and is saved as it was loaded. A nested (per layer type) dict keeps one
+    record per rewritten layer; the record's original is followed until it holds no record of ours,
+    so a second rewritten layer cannot bring the first one's rewrite back.
+    """
+    restored = _embedded_original(value)
+    for _ in range(8):  # one step per rewritten layer type; real configs have two or three
+        deeper = _embedded_original(restored)
+        if deeper is _MISSING:
+            break
+        restored = deeper
+    return restored
+
+
+def _embedded_original(value: Any) -> Any:
     if not isinstance(value, Mapping):
         return _MISSING
     embed = value.get(EMBED_KEY)
-    if isinstance(embed, Mapping) and "original" in embed:
+    if made_here(embed) and "original" in embed:
         return embed["original"]
     for sub in value.values():
-        if isinstance(sub, Mapping) and isinstance(sub.get(EMBED_KEY), Mapping) and "original" in sub[EMBED_KEY]:
+        if isinstance(sub, Mapping) and made_here(sub.get(EMBED_KEY)) and "original" in sub[EMBED_KEY]:
             return sub[EMBED_KEY]["original"]
     return _MISSING
 

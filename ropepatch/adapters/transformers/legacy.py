@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from ropepatch.adapters.transformers.plan import cached_plan
 from ropepatch.adapters.transformers.registry import is_ropepatch_type
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
 from ropepatch.patching import PatchSet, is_patched
 
 __all__ = ["VALIDATED_CONFIG_MODULES", "patch_config_validators", "patch_init_rope", "plain_rope_view"]
@@ -45,7 +45,7 @@ VALIDATED_CONFIG_MODULES = tuple(
     )
 )
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def patch_config_validators(patches: PatchSet, module: Any, current_state: Any) -> None:
@@ -133,4 +133,4 @@ def plain_rope_view(config: Any) -> Iterator[None]:
                 config.__dict__[attr] = saved
 
 
-_view_lock = threading.RLock()
+_view_lock = ForkSafeLock(reentrant=True)  # a forked child gets it back unheld

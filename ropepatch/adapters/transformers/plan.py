@@ -16,7 +16,6 @@ import inspect
 import logging
 import math
 import sys
-import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from typing import Any
 
 from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type, type_key
 from ropepatch.errors import RopeConfigError
+from ropepatch.forksafe import ForkSafeLock
+from ropepatch.markers import Record, made_here
 from ropepatch.spec import RopeSpec
 
 __all__ = ["Plan", "apply_plan", "forget", "native_summary", "plan_for", "rope_attr", "uses_rope"]
@@ -83,7 +84,7 @@ class Plan:
         return is_ropepatch_type(self.rope_type)
 
 
-_lock = threading.RLock()
+_lock = ForkSafeLock(reentrant=True)
 _plans: dict[int, tuple[weakref.ref, Plan | None, Any]] = {}
 
 
@@ -379,7 +380,7 @@ def _ours_dict(
     if spec.softmax_scale != 1.0 and params.get("mscale_all_dim"):
         out["mscale_all_dim"] = params["mscale_all_dim"]
         out["mscale"] = params.get("mscale")
-    out[EMBED_KEY] = {"spec": spec.to_dict()}
+    out[EMBED_KEY] = Record(spec=spec.to_dict())  # trusted by type, not by key (ropepatch.markers)
     return out
 
 
@@ -528,7 +529,7 @@ def apply_plan(config: Any, plan: Plan) -> None:
         return  # already written (nested models call this once per PreTrainedModel)
     _remember_original(config, attr)
     original = copy.deepcopy(getattr(config, attr, None))
-    if plan.ours and isinstance(current, Mapping) and isinstance(current.get(EMBED_KEY), Mapping):
+    if plan.ours and isinstance(current, Mapping) and made_here(current.get(EMBED_KEY)):
         original = copy.deepcopy(current[EMBED_KEY].get("original"))  # keep the dict as first loaded
     new = copy.deepcopy(plan.rewrite)
     if plan.layer is not None:

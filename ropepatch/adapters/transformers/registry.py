@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from ropepatch.errors import RopeConfigError, RopeConfigKeyError
-from ropepatch.patching import PatchSet
+from ropepatch.forksafe import ForkSafeLock
+from ropepatch.markers import made_here
+from ropepatch.patching import PatchSet, builds_in_flight
 from ropepatch.spec import RopeSpec
 
 __all__ = [
@@ -38,7 +39,7 @@ PREFIX = "ropepatch_"
 #: key of the rope dict that holds ``{"spec": spec.to_dict(), "original": <rope dict before the rewrite>}``
 EMBED_KEY = "ropepatch"
 
-_cache_lock = threading.Lock()
+_cache_lock = ForkSafeLock()
 _spec_cache: dict[str, RopeSpec] = {}
 
 
@@ -59,13 +60,15 @@ def is_ropepatch_type(rope_type: Any) -> bool:
 def spec_from_rope_dict(rope: Mapping[str, Any]) -> RopeSpec:
     """The spec embedded in a rope dict ropepatch rewrote (cached: configs are read per forward)."""
     embed = rope.get(EMBED_KEY) if isinstance(rope, Mapping) else None
-    if not isinstance(embed, Mapping) or not isinstance(embed.get("spec"), Mapping):
+    if not made_here(embed) or not isinstance(embed.get("spec"), Mapping):
+        # a ropepatch type is only ever written in memory (to_dict saves the original): one read
+        # from a file, spec and all, is not ropepatch's to trust
         # a KeyError too: transformers' validators raise KeyError for a missing required key
         raise RopeConfigKeyError(
-            f"rope type {rope.get('rope_type')!r} is ropepatch's, but the rope dict has no {EMBED_KEY!r} key "
-            "(the resolved spec); was it edited by hand? Load the original checkpoint with ropepatch.enable() "
-            "instead",
-            key=EMBED_KEY,
+            f"rope type {rope.get('rope_type')!r} is ropepatch's own, but this config was not rewritten by "
+            "ropepatch in this process (a saved config never holds it); load the original checkpoint with "
+            "ropepatch.enable() instead",
+            key="rope_parameters",
         )
     text = json.dumps(embed["spec"], sort_keys=True)
     spec = _spec_cache.get(text)
@@ -158,7 +161,9 @@ def track(module: Any) -> None:
 
 
 def in_use(key: str) -> bool:
-    """True while a live tracked module has rope type ``key`` (per layer type too)."""
+    """True while a model build is in flight or a live tracked module has rope type ``key`` (per layer type too)."""
+    if builds_in_flight():
+        return True  # a build that started under ropepatch may look any of its types up until it ends
     for module in list(_live_modules):
         rope_type = getattr(module, "rope_type", None)
         if rope_type == key or (isinstance(rope_type, dict) and key in rope_type.values()):
@@ -175,8 +180,10 @@ def install_registry(patches: PatchSet, rope_utils: Any) -> None:
     mixin = getattr(rope_utils, "RotaryEmbeddingConfigMixin", None)
     for key in all_type_keys():
         # never "default": that would replace every plain model's frequencies (runtimes.md)
-        patches.set_item(registry, key, init_fn, keep_if=functools.partial(in_use, key))
+        # shared (reference-counted) entries: every enable() and patch_model() installs the same ones,
+        # and they stay while a build that started under ropepatch, or a live module, looks them up
+        patches.share(registry, key, init_fn, item=True, keep_if=functools.partial(in_use, key))
         if validators is not None:
-            patches.set_item(validators, key, _validator_v4)
+            patches.share(validators, key, _validator_v4, item=True, keep_if=builds_in_flight)
         if mixin is not None:
-            patches.set(mixin, f"_validate_{key}_rope_parameters", _validator_v5)
+            patches.share(mixin, f"_validate_{key}_rope_parameters", _validator_v5, keep_if=builds_in_flight)

@@ -23,7 +23,8 @@ def _real(path):
 
 
 def _without_here(value):
-    return os.pathsep.join(p for p in value.split(os.pathsep) if p and _real(p) != _HERE)
+    # empty entries stay: Python reads one as the current directory
+    return os.pathsep.join(p for p in value.split(os.pathsep) if not p or _real(p) != _HERE)
 
 
 def _run_shadowed_sitecustomize():
@@ -54,8 +55,9 @@ def _main():
     setattr(sys, _FLAG, True)
     saved = os.environ.get("PYTHONPATH")
     entry = next((p for p in (saved or "").split(os.pathsep) if p and _real(p) == _HERE), None)
+    during = None
     if entry is not None:
-        os.environ["PYTHONPATH"] = _without_here(saved)
+        during = os.environ["PYTHONPATH"] = _without_here(saved)
     try:
         _run_shadowed_sitecustomize()
         if os.environ.get("ROPEPATCH_AUTOENABLE", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -71,9 +73,13 @@ def _main():
         autoenable()
     finally:
         if entry is not None:
-            # put it back first, keeping whatever the user's sitecustomize changed meanwhile
-            rest = _without_here(os.environ.get("PYTHONPATH", ""))
-            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (entry, rest) if p)
+            now = os.environ.get("PYTHONPATH", "")
+            if now == during:
+                os.environ["PYTHONPATH"] = saved  # exactly as it was, empty entries included
+            else:
+                # put it back first, keeping whatever the user's sitecustomize changed meanwhile
+                rest = _without_here(now)
+                os.environ["PYTHONPATH"] = os.pathsep.join([entry, rest]) if rest else entry
 
 
 _main()
