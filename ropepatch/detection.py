@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ropepatch.detectors.common import read_common
-from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.errors import RopeConfigError, RopepatchWarning
 from ropepatch.metadata.sources import load_view
+from ropepatch.metadata.view import ConfigView, Finding
 from ropepatch.overrides import Override, env_overrides, override_from_mapping
 from ropepatch.registry import get_registry
 from ropepatch.spec import RopeSpec

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from ropepatch.detectors.view import ConfigView, Finding
+    from ropepatch.metadata.view import ConfigView, Finding
     from ropepatch.methods.base import Method
 
 __all__ = ["hookimpl", "hookspec"]
@@ -30,7 +30,7 @@ def register_methods(register: Callable[[Method], None]) -> None:
 def detect_rope(view: ConfigView) -> Finding | None:
     """Say which scaling a checkpoint's metadata describes, or return ``None`` to pass.
 
-    The first detector that returns a :class:`~ropepatch.detectors.view.Finding` wins; use
+    The first detector that returns a :class:`~ropepatch.metadata.view.Finding` wins; use
     ``tryfirst``/``trylast`` to order a detector against the built-ins.
     """
 

@@ -41,8 +41,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ropepatch.detectors.rope_scaling",
     "ropepatch.detectors.fallback",
     "ropepatch.adapters.transformers",
-    "ropepatch.adapters.exllamav2",
-    "ropepatch.adapters.exllamav3",
+    "ropepatch.adapters.exllama.v2",
+    "ropepatch.adapters.exllama.v3",
     "ropepatch.adapters.tgi",
     "ropepatch.adapters.vllm",
 )

@@ -143,7 +143,7 @@ def plan_static(
     (FalconLite2: TGI's Falcon config fills in 10000, the checkpoint was trained at 1e6).
     """
     from ropepatch.detection import resolve
-    from ropepatch.detectors.view import ConfigView
+    from ropepatch.metadata.view import ConfigView
 
     data, names = _config_data(config)
     if tgi_rope_scaling is not None:

@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ropepatch.detectors.view import ConfigView
 from ropepatch.errors import RopeConfigError, short_repr
+from ropepatch.metadata.view import ConfigView
 
 __all__ = ["read_common", "rope_dict", "gguf_arch", "number"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.hookspecs import hookimpl
+from ropepatch.metadata.view import ConfigView, Finding
 
 #: the base each family was pre-trained with; a different rope_theta was baked in by training
 FAMILY_THETA = {

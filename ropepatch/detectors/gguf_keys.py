@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ropepatch.detectors.common import gguf_arch, number
-from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
+from ropepatch.metadata.view import ConfigView, Finding
 from ropepatch.methods.base import get_mscale
 
 _TYPES = {"none": "default", "linear": "linear", "yarn": "yarn", "longrope": "longrope"}

@@ -11,9 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
+from ropepatch.metadata.view import ConfigView, Finding
 
 __all__ = ["KNOWN", "KnownCheckpoint", "match_known"]
 

@@ -4,9 +4,9 @@ Meta's params.json, and configs of models that do not use RoPE at all."""
 from __future__ import annotations
 
 from ropepatch.detectors.common import number
-from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
+from ropepatch.metadata.view import ConfigView, Finding
 
 
 @hookimpl

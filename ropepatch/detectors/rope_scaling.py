@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ropepatch.detectors.common import number, rope_dict
-from ropepatch.detectors.view import ConfigView, Finding
 from ropepatch.errors import RopeConfigError, short_repr
 from ropepatch.hookspecs import hookimpl
+from ropepatch.metadata.view import ConfigView, Finding
 
 # keys of a rope dict that are not method parameters
 _COMMON = {"type", "rope_type", "factor", "original_max_position_embeddings", "rope_theta", "partial_rotary_factor"}

@@ -20,9 +20,9 @@ __all__ = ["PROBES", "Computation", "Probe", "iter_probes", "register_probe"]
 
 #: built-in probes, "module:Class"
 PROBES: list[str] = [
-    "ropepatch.doctor.transformers_probe:TransformersProbe",
-    "ropepatch.doctor.exllama_probes:ExLlamaV2Probe",
-    "ropepatch.doctor.exllama_probes:ExLlamaV3Probe",
+    "ropepatch.adapters.transformers.probe:TransformersProbe",
+    "ropepatch.adapters.exllama.probes:ExLlamaV2Probe",
+    "ropepatch.adapters.exllama.probes:ExLlamaV3Probe",
 ]
 
 

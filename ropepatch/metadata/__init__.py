@@ -1,1 +1,1 @@
-"""Readers that turn a checkpoint's files into a :class:`ropepatch.detectors.view.ConfigView`."""
+"""Readers that turn a checkpoint's files into a :class:`ropepatch.metadata.view.ConfigView`."""

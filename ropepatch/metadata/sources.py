@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ropepatch.detectors.view import ConfigView
 from ropepatch.errors import RopeConfigError
 from ropepatch.metadata.gguf import is_gguf, read_gguf_metadata
+from ropepatch.metadata.view import ConfigView
 
 __all__ = ["load_view", "names_from_path"]
 

@@ -12,8 +12,8 @@ import pytest
 from doctor_paths import CORPUS
 
 import ropepatch
+from ropepatch.adapters.transformers.probe import TransformersProbe
 from ropepatch.doctor.diagnose import _prepare, diagnose
-from ropepatch.doctor.transformers_probe import TransformersProbe
 from ropepatch.registry import get_registry
 
 HAS_ADAPTER = get_registry().adapters.get("transformers") is not None

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from doctor_paths import CORPUS
 
+from ropepatch.adapters.exllama.probes import ExLlamaV2Probe, ExLlamaV3Probe
 from ropepatch.doctor.diagnose import _prepare, diagnose
-from ropepatch.doctor.exllama_probes import ExLlamaV2Probe, ExLlamaV3Probe
 
 HARNESS = Path(__file__).resolve().parents[1] / "adapters" / "exllama"
 if not (HARNESS / "exllama_harness.py").exists():
@@ -100,7 +100,7 @@ def test_exllamav2_tables_are_plain_rope_for_airophin(exllamav2):
 def test_frequencies_recovered_from_fp16_tables(layout):
     import torch
 
-    from ropepatch.doctor.exllama_probes import frequencies_from_tables
+    from ropepatch.adapters.exllama.probes import frequencies_from_tables
 
     inv = 1.0 / 10000 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128) / 4  # linear x4, d=128
     angles = torch.arange(16384, dtype=torch.float64)[:, None] * inv

@@ -17,7 +17,7 @@ from ropepatch.registry import get_registry
 
 pytestmark = pytest.mark.skipif(
     get_registry().adapters.get("transformers") is None,
-    reason="needs ropepatch's transformers adapter (ropepatch/adapters/transformers.py) registered",
+    reason="needs ropepatch's transformers adapter (ropepatch/adapters/transformers/) registered",
 )
 
 

@@ -14,7 +14,7 @@ def test_modules_and_cli_parser_import_light():
         "import sys\n"
         "import ropepatch.evaluation.perplexity, ropepatch.evaluation.passkey, ropepatch.evaluation.runner\n"
         "import ropepatch.evaluation.report, ropepatch.evaluation.endpoints, ropepatch.evaluation.variants\n"
-        "import ropepatch.doctor.diagnose, ropepatch.doctor.transformers_probe, ropepatch.doctor.exllama_probes\n"
+        "import ropepatch.doctor.diagnose, ropepatch.adapters.transformers.probe, ropepatch.adapters.exllama.probes\n"
         "from ropepatch.cli.main import build_parser\n"
         "build_parser().parse_args(['eval', 'x'])\n"
         "build_parser().parse_args(['doctor', 'x'])\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import LlamaConfig
 
-from ropepatch.adapters.vllm_plan import config_view, plan_rope, rope_parameter_sets, serving_context
+from ropepatch.adapters.vllm.plan import config_view, plan_rope, rope_parameter_sets, serving_context
 from ropepatch.errors import RopeConfigError
 from ropepatch.overrides import parse_overrides
 

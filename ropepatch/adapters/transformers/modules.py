@@ -25,8 +25,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ropepatch.adapters.transformers_plan import Plan
-from ropepatch.adapters.transformers_registry import track
+from ropepatch.adapters.transformers.plan import Plan
+from ropepatch.adapters.transformers.registry import track
 from ropepatch.errors import RopeConfigError
 
 __all__ = ["convert_one", "fix_modules", "is_registry_module", "rotary_modules"]

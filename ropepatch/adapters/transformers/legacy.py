@@ -4,7 +4,7 @@ Before the rope registry (Llama 4.43, most families 4.45-4.48), each config clas
 ``rope_scaling`` itself (``_rope_scaling_validation``: only ``{type, factor}``, type linear or
 dynamic) and each attention class picked its rotary class in ``_init_rope`` (``ValueError`` for
 anything else). ropepatch lets through every ``rope_scaling`` it can resolve, and builds the plain
-class where the spec is not one transformers computes; :mod:`transformers_modules` then converts it.
+class where the spec is not one transformers computes; :mod:`.modules` then converts it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 import threading
 from typing import Any
 
-from ropepatch.adapters.transformers_plan import cached_plan
-from ropepatch.adapters.transformers_registry import is_ropepatch_type
+from ropepatch.adapters.transformers.plan import cached_plan
+from ropepatch.adapters.transformers.registry import is_ropepatch_type
 from ropepatch.errors import RopeConfigError
 from ropepatch.patching import PatchSet, is_patched
 

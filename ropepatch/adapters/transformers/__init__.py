@@ -6,7 +6,7 @@ and restored exactly by ``ropepatch.disable()``:
 
 =========================================  ===================================================
 ``modeling_rope_utils``                    ropepatch types in ``ROPE_INIT_FUNCTIONS`` and the
-                                           validators (:mod:`transformers_registry`); v5 ``su`` fix
+                                           validators (:mod:`.registry`); v5 ``su`` fix
 ``configuration_utils``                    ``to_dict`` writes configs back as loaded
 ``modeling_utils.PreTrainedModel``         ``__init__``: plan the config and rewrite its rope dict
                                            before any module reads it; ``post_init``: finish or
@@ -64,16 +64,16 @@ class TransformersAdapter(Adapter):
 
     def install(self, patches: PatchSet, runtime: Any) -> None:
         """Install every patch point now or when its module is imported."""
-        from ropepatch.adapters.transformers_config import (
+        from ropepatch.adapters.transformers.config import (
             install_config_patches,
             install_from_dict,
             install_rope_config_patches,
             patch_strict_module,
         )
-        from ropepatch.adapters.transformers_legacy import VALIDATED_CONFIG_MODULES, patch_config_validators
-        from ropepatch.adapters.transformers_plan import forget
-        from ropepatch.adapters.transformers_registry import install_registry
-        from ropepatch.adapters.transformers_remote import install_gguf, install_remote
+        from ropepatch.adapters.transformers.legacy import VALIDATED_CONFIG_MODULES, patch_config_validators
+        from ropepatch.adapters.transformers.plan import forget
+        from ropepatch.adapters.transformers.registry import install_registry
+        from ropepatch.adapters.transformers.remote import install_gguf, install_remote
 
         forget()  # plans made under earlier settings
         state = runtime
@@ -113,8 +113,8 @@ class TransformersAdapter(Adapter):
 
 
 def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
-    from ropepatch.adapters.transformers_modules import fix_modules
-    from ropepatch.adapters.transformers_plan import apply_plan, forget, plan_for
+    from ropepatch.adapters.transformers.modules import fix_modules
+    from ropepatch.adapters.transformers.plan import apply_plan, forget, plan_for
 
     models = [m for m in model.modules() if isinstance(m, modeling_utils.PreTrainedModel)]
     for sub in reversed(models):  # innermost first: each owns the rotary modules below it
@@ -162,7 +162,7 @@ def _temporary_registry(state: Any) -> PatchSet | None:
     rope_utils = sys.modules.get("transformers.modeling_rope_utils")
     if rope_utils is None:
         return None
-    from ropepatch.adapters.transformers_registry import install_registry
+    from ropepatch.adapters.transformers.registry import install_registry
 
     patches = PatchSet("transformers (patch_model)")
     install_registry(patches, rope_utils)
@@ -195,13 +195,13 @@ def _install_model_hooks(patches: PatchSet, modeling_utils: Any) -> None:
 
 
 def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
-    from ropepatch.adapters.transformers_legacy import patch_init_rope
-    from ropepatch.adapters.transformers_plan import apply_plan, plan_for
-    from ropepatch.adapters.transformers_remote import building
+    from ropepatch.adapters.transformers.legacy import patch_init_rope
+    from ropepatch.adapters.transformers.plan import apply_plan, plan_for
+    from ropepatch.adapters.transformers.remote import building
 
     building.config = config
     if state.kernels:
-        from ropepatch.adapters.transformers_kernels import route_to_kernels
+        from ropepatch.adapters.transformers.kernels import route_to_kernels
 
         with _lock:
             route_to_kernels(patches, type(model))
@@ -211,15 +211,15 @@ def _prepare(patches: PatchSet, model: Any, config: Any, state: Any) -> None:
     with _lock:
         patch_init_rope(patches, type(model))
         if plan.ours and hasattr(type(config), "__class_validators__"):
-            from ropepatch.adapters.transformers_config import install_strict_validators
+            from ropepatch.adapters.transformers.config import install_strict_validators
 
             install_strict_validators(patches, type(config), _current)
         apply_plan(config, plan)
 
 
 def _finish(model: Any, state: Any) -> None:
-    from ropepatch.adapters.transformers_modules import fix_modules
-    from ropepatch.adapters.transformers_plan import cached_plan
+    from ropepatch.adapters.transformers.modules import fix_modules
+    from ropepatch.adapters.transformers.plan import cached_plan
 
     known, plan = cached_plan(model.config)
     if not known:
@@ -232,8 +232,8 @@ def _finish(model: Any, state: Any) -> None:
 
 
 def _convert_remote(module: Any, config: Any) -> None:
-    from ropepatch.adapters.transformers_modules import convert_one
-    from ropepatch.adapters.transformers_plan import plan_for
+    from ropepatch.adapters.transformers.modules import convert_one
+    from ropepatch.adapters.transformers.plan import plan_for
 
     state = _current()
     if state is None:

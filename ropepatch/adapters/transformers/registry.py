@@ -168,7 +168,7 @@ def install_registry(patches: PatchSet, rope_utils: Any) -> None:
     """Register every ropepatch type with ``transformers.modeling_rope_utils`` (restorable)."""
     registry = getattr(rope_utils, "ROPE_INIT_FUNCTIONS", None)
     if registry is None:
-        return  # before 4.43: per-model classes only (transformers_legacy)
+        return  # before 4.43: per-model classes only (.legacy)
     validators = getattr(rope_utils, "ROPE_VALIDATION_FUNCTIONS", None)
     mixin = getattr(rope_utils, "RotaryEmbeddingConfigMixin", None)
     for key in all_type_keys():

@@ -5,7 +5,7 @@ in every process it starts: the API process, the engine core and each tensor/pip
 worker. Two patches:
 
 * ``get_rope`` (vLLM's rotary factory) is wrapped, and re-bound in every ``vllm.*`` module that
-  imported it by name. For the calls :mod:`ropepatch.adapters.vllm_plan` claims it returns a
+  imported it by name. For the calls :mod:`ropepatch.adapters.vllm.plan` claims it returns a
   subclass of vLLM's own ``RotaryEmbedding`` that changes only how ``cos_sin_cache`` is filled
   (``spec.frequencies``, the attention factor folded into cos and sin), so vLLM's kernels,
   ``forward_native`` and its compiled paths run unchanged.
@@ -128,7 +128,7 @@ def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any) -> None:
 
 
 def _plan_call(state: Any, a: dict[str, Any]) -> tuple[Any, tuple[int, int, int]]:
-    from ropepatch.adapters.vllm_plan import config_view, plan_rope
+    from ropepatch.adapters.vllm.plan import config_view, plan_rope
 
     rp = dict(a.get("rope_parameters") or {})
     head_size = int(a["head_size"])
@@ -157,7 +157,7 @@ def _hf_config() -> Any:
 
 def _table_rows(spec: Any, max_position: int) -> int:
     """Rows of the cos/sin table: every position the server can reach, so nothing reads past it."""
-    from ropepatch.adapters.vllm_plan import serving_context
+    from ropepatch.adapters.vllm.plan import serving_context
 
     model_config = _current_model_config()
     max_model_len = getattr(model_config, "max_model_len", None) if model_config is not None else None
@@ -238,7 +238,7 @@ def _patch_max_len(module: ModuleType, patches: PatchSet, state: Any) -> None:
 
 
 def _config_context(state: Any, hf_config: Any) -> int | None:
-    from ropepatch.adapters.vllm_plan import config_view, plan_rope, rope_parameter_sets, serving_context
+    from ropepatch.adapters.vllm.plan import config_view, plan_rope, rope_parameter_sets, serving_context
 
     contexts = []
     for rp in rope_parameter_sets(hf_config) or [{}]:

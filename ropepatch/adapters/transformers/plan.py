@@ -3,7 +3,7 @@
 The rule (per config, cached): keep the config as it is when transformers already computes the spec
 from it; else write transformers' own type for the method when its numbers agree (checked by
 running transformers' init function on a copy of the config, so version quirks such as 4.43-4.55
-YaRN are caught); else write a ``ropepatch_*`` type (see :mod:`transformers_registry`). Methods
+YaRN are caught); else write a ``ropepatch_*`` type (see :mod:`.registry`). Methods
 that need more than cos/sin scaling are refused with a :class:`RopeConfigError` unless the model
 applies the rest itself.
 """
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ropepatch.adapters.transformers_registry import EMBED_KEY, is_ropepatch_type, type_key
+from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type, type_key
 from ropepatch.errors import RopeConfigError
 from ropepatch.spec import RopeSpec
 
@@ -179,7 +179,7 @@ def _first_loaded(config: Any) -> dict[str, Any]:
 
 def _config_data(config: Any) -> dict[str, Any]:
     """The config as loaded: rope dicts ropepatch rewrote are read as they were before."""
-    from ropepatch.adapters.transformers_config import _MISSING, _original_of
+    from ropepatch.adapters.transformers.config import _MISSING, _original_of
 
     try:
         data = config.to_dict()
@@ -269,7 +269,7 @@ def _choose(config: Any, attr: str | None, layer: str | None, current: dict | No
     ctype = _current_type(current)
     if is_ropepatch_type(ctype):
         # a config ropepatch already rewrote (a copied config, a second model from the same config)
-        from ropepatch.adapters.transformers_registry import spec_from_rope_dict
+        from ropepatch.adapters.transformers.registry import spec_from_rope_dict
 
         embedded = spec_from_rope_dict(current)  # type: ignore[arg-type]
         if _numbers(embedded) == _numbers(spec):
@@ -470,7 +470,7 @@ def _same(spec: RopeSpec, other: RopeSpec | None) -> bool:
 
 
 def _embedded(rope: Mapping[str, Any]) -> RopeSpec | None:
-    from ropepatch.adapters.transformers_registry import spec_from_rope_dict
+    from ropepatch.adapters.transformers.registry import spec_from_rope_dict
 
     try:
         return spec_from_rope_dict(rope)

@@ -17,7 +17,7 @@ YaRN parameters (beta, mscale, attention_factor) ignored, LongRoPE's cos/sin fac
 top of a spec that already describes the scaling; a log line says so. A model whose spec is plain
 RoPE (nothing detected, nothing overridden) keeps ExLlamaV2's tables and knobs untouched.
 
-Dynamic methods get a per-position table (see :mod:`ropepatch.adapters.exllama_tables`): exact for
+Dynamic methods get a per-position table (see :mod:`ropepatch.adapters.exllama.tables`): exact for
 token-by-token decoding, different from transformers for prompts longer than the original context
 prefilled in one pass.
 """
@@ -32,7 +32,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ropepatch.adapters.base import Adapter
-from ropepatch.adapters.exllama_tables import (
+from ropepatch.adapters.exllama.tables import (
     CONTEXT,
     PER_POSITION,
     SaysOnce,

@@ -89,7 +89,7 @@ def install_gguf(patches: PatchSet, gguf_utils: Any) -> None:
 
 def gguf_rope_scaling(path: Any) -> dict[str, Any] | None:
     """transformers' ``rope_scaling`` dict for the scaling in a GGUF header, or None when plain."""
-    from ropepatch.adapters.transformers_plan import _native_dict
+    from ropepatch.adapters.transformers.plan import _native_dict
     from ropepatch.detection import detect
     from ropepatch.errors import RopeConfigError
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ropepatch.adapters.transformers_registry import EMBED_KEY, is_ropepatch_type
+from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_type
 from ropepatch.patching import PatchSet, is_patched
 
 __all__ = ["install_config_patches", "install_strict_validators"]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ropepatch.detection import resolve
-from ropepatch.detectors.view import ConfigView
 from ropepatch.errors import RopeConfigError
+from ropepatch.metadata.view import ConfigView
 from ropepatch.overrides import Override
 from ropepatch.registry import canonical_name, get_registry
 from ropepatch.spec import RopeSpec

@@ -38,7 +38,7 @@ import threading
 from typing import Any
 
 from ropepatch.adapters.base import Adapter
-from ropepatch.adapters.exllama_tables import (
+from ropepatch.adapters.exllama.tables import (
     CONTEXT,
     PER_POSITION,
     SaysOnce,
@@ -46,7 +46,7 @@ from ropepatch.adapters.exllama_tables import (
     table_policy,
     unexpressible,
 )
-from ropepatch.adapters.exllamav2 import spec_overridden
+from ropepatch.adapters.exllama.v2 import spec_overridden
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
@@ -68,9 +68,9 @@ class _Origin:
 
 
 def settings_view(settings: Any, origin: Any = None) -> Any:
-    """A :class:`~ropepatch.detectors.view.ConfigView` of a ``RopeSettings`` (the runtime's view of one layer)."""
-    from ropepatch.detectors.view import ConfigView
+    """A :class:`~ropepatch.metadata.view.ConfigView` of a ``RopeSettings`` (the runtime's view of one layer)."""
     from ropepatch.metadata.sources import names_from_path
+    from ropepatch.metadata.view import ConfigView
 
     data: dict[str, Any] = {
         "rope_theta": settings.rope_theta,
