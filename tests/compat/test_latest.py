@@ -39,7 +39,7 @@ def test_tgi_release_from_a_checkout(tmp_path):
         '[workspace]\nmembers = ["router"]\n\n[workspace.package]\nversion = "3.3.7"\nedition = "2021"\n'
         '\n[workspace.dependencies]\nbase64 = "0.22"\n'
     )
-    assert latest.tgi_version(tmp_path) == "3.3.7"
+    assert latest.tgi_version(tmp_path) == "3.3.7 (Cargo.toml)"
 
 
 def test_table_flags_a_pin_older_than_the_newest_release():
