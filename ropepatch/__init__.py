@@ -3,7 +3,11 @@
 ``import ropepatch; ropepatch.enable()`` and every supported runtime builds models with the
 scaling their checkpoint really uses. ``ropepatch.detect(path)`` shows what that is.
 
-Importing ropepatch imports neither torch nor any runtime; everything heavy loads on first use.
+Importing ropepatch imports neither torch, pluggy nor any runtime; everything heavy loads on first use.
+
+The plugin front door is here too: ``ropepatch.hookimpl`` marks hook implementations, and a plugin
+subclasses ``ropepatch.Method`` (a scaling method), ``ropepatch.Adapter`` (a runtime) or answers
+``detect_rope`` with a ``ropepatch.Finding`` read from a ``ropepatch.ConfigView``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,23 @@ from typing import TYPE_CHECKING, Any
 from ropepatch.errors import RopeConfigError, RopepatchWarning
 
 if TYPE_CHECKING:
+    from ropepatch.adapters.base import Adapter, Capability
     from ropepatch.detection import detect
+    from ropepatch.hookspecs import hookimpl
+    from ropepatch.metadata.view import ConfigView, Finding
+    from ropepatch.methods.base import Method
+    from ropepatch.report import report
+    from ropepatch.runtime import disable, enable, enabled, is_enabled, patch_model, temporarily_enabled
     from ropepatch.spec import RopeSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adapter",
+    "Capability",
+    "ConfigView",
+    "Finding",
+    "Method",
     "RopeConfigError",
     "RopeSpec",
     "RopepatchWarning",
@@ -27,8 +42,11 @@ __all__ = [
     "disable",
     "enable",
     "enabled",
+    "hookimpl",
     "is_enabled",
     "patch_model",
+    "report",
+    "temporarily_enabled",
 ]
 
 _LAZY = {
@@ -37,6 +55,15 @@ _LAZY = {
     "enable": ("ropepatch.runtime", "enable"),
     "disable": ("ropepatch.runtime", "disable"),
     "enabled": ("ropepatch.runtime", "enabled"),
+    "temporarily_enabled": ("ropepatch.runtime", "temporarily_enabled"),
+    "report": ("ropepatch.report", "report"),
+    # the plugin front door
+    "hookimpl": ("ropepatch.hookspecs", "hookimpl"),
+    "Method": ("ropepatch.methods.base", "Method"),
+    "ConfigView": ("ropepatch.metadata.view", "ConfigView"),
+    "Finding": ("ropepatch.metadata.view", "Finding"),
+    "Adapter": ("ropepatch.adapters.base", "Adapter"),
+    "Capability": ("ropepatch.adapters.base", "Capability"),
     "is_enabled": ("ropepatch.runtime", "is_enabled"),
     "patch_model": ("ropepatch.runtime", "patch_model"),
 }

@@ -84,6 +84,7 @@ def resolve(view: ConfigView, layers: Iterable[Override] = ()) -> RopeSpec:
     notes = list(finding.notes)
     target: tuple[int, str] | None = None
     method_named_by_user = False
+    overridden: set[str] = set()  # what the layers set: the structured record adapters decide on
 
     for layer in layers:
         if layer.is_empty() or not layer.applies_to(view.names):
@@ -97,21 +98,28 @@ def resolve(view: ConfigView, layers: Iterable[Override] = ()) -> RopeSpec:
             method = layer.method
             provenance["method"] = label
             method_named_by_user = True
+            overridden.add("method")
         for key, value in layer.values.items():
             values[key] = value
             provenance[key] = label
+            overridden.add(key)
         for key, value in layer.params.items():
             params[key] = value
             provenance[key] = label
+            overridden.add(key)
         if layer.target_context is not None:
             target = (layer.target_context, label)
 
     if target is not None:
+        before = (method, dict(values))
         method, values, notes = _apply_target(view, method, values, provenance, notes, target, method_named_by_user)
+        if (method, values) != before:
+            overridden.update(("method", "factor", "original_max_position_embeddings", "max_position_embeddings"))
 
     for key in list(provenance):
         if key not in values and key not in params and key != "method":
             provenance.pop(key)
+    overridden &= {*values, *params, "method"}
     spec_values = {k: values[k] for k in _FIELDS if values.get(k) is not None}
     names = view.names
     return RopeSpec(
@@ -122,6 +130,7 @@ def resolve(view: ConfigView, layers: Iterable[Override] = ()) -> RopeSpec:
         notes=tuple(dict.fromkeys(notes)),
         source=view.path,
         model=names[0] if names else None,
+        overridden=frozenset(overridden),
         **spec_values,
     )
 

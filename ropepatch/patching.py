@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MARKER", "PatchSet", "cancel_import_hooks", "is_patched", "when_imported"]
+__all__ = [
+    "MARKER",
+    "PatchSet",
+    "cancel_import_hooks",
+    "is_patched",
+    "patch_lock",
+    "patch_when_imported",
+    "propagate",
+    "when_imported",
+]
 
 log = logging.getLogger("ropepatch")
 
@@ -207,16 +216,36 @@ class _LoaderProxy(importlib.abc.Loader):
 _finder = _Finder()
 
 
+_PROPAGATE = "__ropepatch_propagate__"
+
+
+def propagate(exc: BaseException) -> BaseException:
+    """Mark ``exc`` to leave the import that fired the hook raising it (``strict=True``); returns ``exc``."""
+    try:
+        setattr(exc, _PROPAGATE, True)
+    except AttributeError:  # an exception type without instance attributes: it is logged instead
+        pass
+    return exc
+
+
 def _fire(name: str, module: ModuleType) -> None:
     with _hook_lock:
         hooks = _pending.pop(name, [])
         if not _pending and _finder in sys.meta_path:
             sys.meta_path.remove(_finder)
-    for hook in hooks:  # outside the lock: hooks may import or start threads
+    stop: BaseException | None = None
+    # outside the lock (as wrapt does): hooks import other modules and may start threads, and an
+    # import in another thread waiting for this lock would deadlock against the import lock
+    for hook in hooks:
         try:
             hook(module)
-        except Exception:  # noqa: BLE001 - an import must never fail because of ropepatch
+        except Exception as exc:  # noqa: BLE001 - an import must not fail because of ropepatch ...
+            if getattr(exc, _PROPAGATE, False):
+                stop = stop or exc  # ... unless the user asked for strict: then the import raises
+                continue
             log.exception("ropepatch: post-import hook for %s failed", name)
+    if stop is not None:
+        raise stop
 
 
 def when_imported(name: str, hook: Callable[[ModuleType], None]) -> None:
@@ -229,6 +258,56 @@ def when_imported(name: str, hook: Callable[[ModuleType], None]) -> None:
         _pending.setdefault(name, []).append(hook)
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
+
+
+def patch_when_imported(
+    patches: PatchSet,
+    module_name: str,
+    patch: Callable[[ModuleType], None],
+    *,
+    live: Callable[[], bool],
+    all_or_nothing: bool = True,
+    on_failure: Callable[[BaseException], None] | None = None,
+    tag: Any = None,
+) -> None:
+    """The one way an adapter defers a patch until ``module_name`` is imported.
+
+    If the module is already imported, ``patch(module)`` runs now and its exceptions reach the
+    caller (who is inside the adapter's install transaction). Otherwise it runs right after the
+    module's import, only while ``live()`` is true (ropepatch not disabled or re-enabled
+    meanwhile), inside a transaction of ``patches``. On failure the transaction undoes this
+    patch's records; ``all_or_nothing`` also undoes every earlier patch in ``patches`` (no
+    half-patched runtime). ``on_failure(exc)`` is then told (it records and warns; an exception it
+    raises leaves the user's import when marked with :func:`propagate`). ``tag`` names the owner,
+    for :func:`cancel_import_hooks`.
+    """
+    module = sys.modules.get(module_name)
+    if module is not None:
+        patch(module)
+        return
+
+    def hook(mod: ModuleType) -> None:
+        if not live():
+            return
+        with _deferred_lock:
+            try:
+                with patches.transaction():
+                    patch(mod)
+            except Exception as exc:
+                if all_or_nothing:
+                    patches.restore()
+                if on_failure is None:
+                    raise
+                on_failure(exc)
+
+    hook.__ropepatch_state__ = tag  # type: ignore[attr-defined]
+    when_imported(module_name, hook)
+
+
+# deferred patches of all adapters run one at a time: two runtimes imported in two threads must not
+# interleave their transactions (a restore of one would see the other's half-applied records).
+# Adapters that patch classes while a model is built take it too (``patch_lock``).
+_deferred_lock = patch_lock = threading.RLock()
 
 
 def cancel_import_hooks(hook_filter: Callable[[Callable[..., Any]], bool] | None = None) -> None:

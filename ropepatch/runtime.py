@@ -1,9 +1,11 @@
 """``enable()`` / ``disable()`` / ``patch_model()``: install the registered adapters into runtimes.
 
-Each adapter is installed when its runtime is imported (now, if it already is), inside a patch
-transaction: if it fails, that runtime is left exactly as it was, the failure is reported once
-with the runtime's name and version, and every other adapter still installs. A runtime version
-outside an adapter's tested range gets a warning naming the range and no patch.
+Each adapter is installed when its runtime is imported (now, if it already is) through
+:meth:`ropepatch.adapters.base.Adapter.activate`, which makes every shared decision: a version
+below the adapter's floor is not patched, a newer one than tested is patched with one INFO line,
+the capability probes run, and the patches go in as one transaction. A failure leaves that runtime
+exactly as it was, is reported once with the runtime's name and version, and every other adapter
+still installs; under ``strict=True`` it raises instead, out of the ``import`` that triggered it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ropepatch.errors import RopepatchWarning
 from ropepatch.overrides import Override, env_overrides, override_from_mapping
 from ropepatch.patching import PatchSet, cancel_import_hooks, when_imported
 
-__all__ = ["EnableState", "current", "disable", "enable", "enabled", "is_enabled", "patch_model", "status"]
+__all__ = [
+    "EnableState",
+    "current",
+    "disable",
+    "enable",
+    "enabled",
+    "is_enabled",
+    "patch_model",
+    "status",
+    "temporarily_enabled",
+]
 
 log = logging.getLogger("ropepatch")
 
@@ -37,9 +48,14 @@ class EnableState:
     kernels: bool = False
     strict: bool = False
     runtimes: tuple[str, ...] | None = None
+    quiet: bool = False
     installed: dict[str, PatchSet] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: adapters installed on a runtime newer than they were tested with (the INFO line's text)
+    untested: dict[str, str] = field(default_factory=dict)
+    #: one-time checks already run under this state (the adapters' self-checks)
+    checked: set[tuple[str, str]] = field(default_factory=set)
     _generation: int = 0
 
     def layers(self) -> list[Override]:
@@ -64,6 +80,7 @@ class EnableState:
             self.kernels,
             self.strict,
             self.runtimes,
+            self.quiet,
         )
 
 
@@ -87,13 +104,16 @@ def _make_state(
     strict: bool,
     runtimes: Any,
     per_model: Mapping[str, Mapping[str, Any]] | None,
+    quiet: bool = False,
 ) -> EnableState:
     # parse everything now: a typo must fail here, before any model loads
     explicit = override_from_mapping(overrides, "explicit")
     env = env_overrides()
     pm = [override_from_mapping(m, "per-model mapping", pattern=p) for p, m in (per_model or {}).items()]
     names = tuple(runtimes) if runtimes is not None else None
-    return EnableState(explicit=explicit, env=env, per_model=pm, kernels=kernels, strict=strict, runtimes=names)
+    return EnableState(
+        explicit=explicit, env=env, per_model=pm, kernels=kernels, strict=strict, runtimes=names, quiet=quiet
+    )
 
 
 def enable(
@@ -102,6 +122,7 @@ def enable(
     strict: bool = False,
     runtimes: Any = None,
     per_model: Mapping[str, Mapping[str, Any]] | None = None,
+    quiet: bool = False,
     **overrides: Any,
 ) -> None:
     """Make every supported runtime build models with their checkpoint's real RoPE scaling.
@@ -110,13 +131,15 @@ def enable(
     ``target_context``, any method parameter) apply to every model; ``per_model`` maps name globs
     to overrides; ``$ROPEPATCH`` is read now. ``kernels=True`` routes CUDA tensors to the fused
     Triton rotary kernel. ``runtimes`` limits which adapters install (names as in
-    ``ropepatch plugins``). ``strict=True`` raises instead of warning when an adapter cannot patch.
+    ``ropepatch plugins``). ``strict=True`` raises instead of warning when an adapter cannot patch
+    (also out of the ``import`` of a runtime that triggers the adapter). ``quiet=True`` (or
+    ``ROPEPATCH_QUIET=1``) drops the one line per changed model that ropepatch prints otherwise.
     Idempotent; calling again with other settings updates them.
     """
     global _state
     from ropepatch.registry import get_registry
 
-    new = _make_state(overrides, kernels=kernels, strict=strict, runtimes=runtimes, per_model=per_model)
+    new = _make_state(overrides, kernels=kernels, strict=strict, runtimes=runtimes, per_model=per_model, quiet=quiet)
     with _lock:
         from ropepatch import kernels as _kernels
 
@@ -124,7 +147,7 @@ def enable(
         if _state is not None:
             if _state.settings() != new.settings():
                 _state.explicit, _state.env, _state.per_model = new.explicit, new.env, new.per_model
-                _state.kernels, _state.strict = new.kernels, new.strict
+                _state.kernels, _state.strict, _state.quiet = new.kernels, new.strict, new.quiet
                 log.info("ropepatch: settings updated")
             return
         _state = new
@@ -139,34 +162,10 @@ def enable(
 def _installer(state: EnableState, adapter: Any) -> Any:
     def install(_module: Any) -> None:
         with _lock:
-            if _state is not state or adapter.name in state.installed:
-                return  # disabled meanwhile, or already installed
-            problem = adapter.problem()
-            version = adapter.version()
-            if problem is not None:
-                state.skipped[adapter.name] = problem
-                message = f"ropepatch: not patching {adapter.name}: {problem} ({adapter.requires} is tested)"
-                if state.strict:
-                    raise RuntimeError(message)
-                warnings.warn(message, RopepatchWarning, stacklevel=2)
-                return
-            patches = PatchSet(adapter.name)
-            try:
-                with patches.transaction():
-                    adapter.install(patches, state)
-            except Exception as exc:
-                message = (
-                    f"ropepatch: the {adapter.name} adapter failed to patch {adapter.distribution} {version} "
-                    f"and left it unchanged: {type(exc).__name__}: {exc}"
-                )
-                state.failures[adapter.name] = message
-                if state.strict:
-                    raise
-                warnings.warn(message, RopepatchWarning, stacklevel=2)
-                log.warning(message)
-                return
-            state.installed[adapter.name] = patches
-            log.debug("ropepatch: %s %s patched (%d patches)", adapter.name, version, len(patches))
+            if _state is not state:
+                return  # disabled meanwhile
+            # the adapter's base class decides everything else (versions, probes, strict)
+            adapter.activate(state)
 
     install.__ropepatch_state__ = state  # type: ignore[attr-defined]
     return install
@@ -188,8 +187,11 @@ def disable() -> None:
 
 
 @contextmanager
-def enabled(**kwargs: Any) -> Iterator[EnableState]:
-    """``with ropepatch.enabled(...):`` enable for the block, disable after (tests, notebooks)."""
+def temporarily_enabled(**kwargs: Any) -> Iterator[EnableState]:
+    """``with ropepatch.temporarily_enabled(...):`` enable for the block, disable after (tests, notebooks).
+
+    If ropepatch was already enabled, it stays enabled after the block.
+    """
     was = is_enabled()
     enable(**kwargs)
     try:
@@ -199,6 +201,17 @@ def enabled(**kwargs: Any) -> Iterator[EnableState]:
     finally:
         if not was:
             disable()
+
+
+def enabled(**kwargs: Any) -> Any:
+    """Deprecated name of :func:`temporarily_enabled` (it read as a yes/no question; that is :func:`is_enabled`)."""
+    warnings.warn(
+        "ropepatch.enabled() is deprecated: use ropepatch.temporarily_enabled() (a context manager), or "
+        "ropepatch.is_enabled() for the yes/no question",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return temporarily_enabled(**kwargs)
 
 
 def patch_model(model: Any, **overrides: Any) -> Any:
@@ -218,6 +231,8 @@ def patch_model(model: Any, **overrides: Any) -> Any:
             env=[*state.env, *state.per_model, state.explicit],
             per_model=[],
             kernels=state.kernels,
+            strict=state.strict,
+            quiet=state.quiet,
         )
     with _lock:  # never interleaved with enable()/disable() installing or restoring patches
         for adapter in get_registry().adapters.values():
@@ -236,5 +251,6 @@ def status() -> dict[str, Any]:
         "installed": sorted(state.installed),
         "skipped": dict(state.skipped),
         "failures": dict(state.failures),
+        "untested": dict(state.untested),
         "kernels": state.kernels,
     }

@@ -74,6 +74,10 @@ class RopeSpec(metaclass=_CheckedCall):
     head_dim: int | None = None
     source: str | None = None
     model: str | None = None
+    #: the names of the values an override set (fields, method parameters, and ``"method"`` when an
+    #: override named the method): filled by :func:`ropepatch.detection.resolve` where the layers are
+    #: applied, so adapters ask ``"factor" in spec.overridden`` instead of parsing provenance text
+    overridden: frozenset[str] = frozenset()
     # resolved at construction: the Method object and its prepared (defaults filled) parameters
     _method_obj: Any = field(default=None, init=False, repr=False, compare=False)
     _prepared: Any = field(default=None, init=False, repr=False, compare=False)
@@ -114,6 +118,7 @@ class RopeSpec(metaclass=_CheckedCall):
         object.__setattr__(self, "provenance", MappingProxyType({str(k): str(v) for k, v in self.provenance.items()}))
         object.__setattr__(self, "warnings", tuple(str(w) for w in self.warnings))
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        object.__setattr__(self, "overridden", frozenset(self.overridden))
         prepared = method.prepare(self, where=where)
         object.__setattr__(self, "_method_obj", method)
         object.__setattr__(self, "_prepared", prepared)
@@ -252,6 +257,8 @@ class RopeSpec(metaclass=_CheckedCall):
             value = getattr(self, f.name)
             if isinstance(value, Mapping):
                 value = {k: _jsonable(v) for k, v in value.items()}
+            elif isinstance(value, frozenset):
+                value = sorted(value)
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -380,6 +387,11 @@ def _check_containers(spec: RopeSpec) -> None:
         raise RopeConfigError(
             f"parameter names must be strings, got {short_repr(list(spec.params))}", path=spec.source, key="params"
         )
+    overridden = spec.overridden
+    if isinstance(overridden, (str, bytes, Mapping)) or not isinstance(overridden, (list, tuple, set, frozenset)):
+        raise bad("overridden", "a set of value names")
+    if not all(isinstance(v, str) for v in overridden):
+        raise RopeConfigError("overridden must hold value names (strings)", path=spec.source, key="overridden")
     for name in ("warnings", "notes"):
         value = getattr(spec, name)
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):

@@ -1,16 +1,14 @@
-"""Helpers adapters share: re-binding a function that modules copied by name, deferred patches."""
+"""Re-binding a function that modules copied by name (``from pkg import f``), restorably."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
-from ropepatch.patching import PatchSet, when_imported
+from ropepatch.patching import PatchSet
 
-__all__ = ["rebind_everywhere", "when_imported_in"]
+__all__ = ["rebind_everywhere"]
 
 log = logging.getLogger("ropepatch")
 
@@ -34,34 +32,3 @@ def rebind_everywhere(original: Any, replacement: Any, patches: PatchSet, prefix
                 patches.set(module, attr, replacement)
                 done.append(f"{name}.{attr}")
     return done
-
-
-def when_imported_in(
-    state: Any, patches: PatchSet, module_name: str, patch: Callable[[ModuleType, PatchSet, Any], None]
-) -> None:
-    """Run ``patch(module, patches, state)`` once ``module_name`` is imported (now, if it is).
-
-    For adapters whose runtime imports its pieces lazily: the patch lands in the adapter's own
-    :class:`PatchSet` (so ``disable()`` restores it), inside a transaction, and is skipped if
-    ropepatch was disabled (or re-enabled with a new state) meanwhile. A failure is logged and
-    leaves that module unpatched; it never breaks the user's import.
-    """
-
-    def hook(module: ModuleType) -> None:
-        from ropepatch.runtime import current
-
-        live: Any = current()
-        if live is not state:
-            return
-        try:
-            with patches.transaction():
-                patch(module, patches, live)
-        except Exception as exc:  # noqa: BLE001 - an import must not fail because of ropepatch
-            message = f"ropepatch: could not patch {module_name}: {type(exc).__name__}: {exc}"
-            live.failures[f"{patches.name}:{module_name}"] = message
-            if getattr(live, "strict", False):
-                raise
-            log.warning(message)
-
-    hook.__ropepatch_state__ = state  # type: ignore[attr-defined]  # disable() cancels it
-    when_imported(module_name, hook)

@@ -26,14 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ropepatch.adapters.base import Adapter
-from ropepatch.errors import RopeConfigError, RopepatchWarning
+from ropepatch.adapters.base import Adapter, Capability, refuse_beyond_tables
+from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
@@ -53,29 +52,50 @@ _DIM_KEYS = (
 
 
 class TgiAdapter(Adapter):
+    """TGI 2.0.3 and later (``layers/rotary.py``)."""
+
     name = "tgi"
     distribution = "text-generation-server"
     # layers/rotary.py layout: TGI 2.0.3 - 3.3.7. TGI 2.2 - 3.3.7 all report the distribution
     # version "2.0.5.dev0" (server/pyproject.toml stopped being bumped), 2.0.3 reports 2.0.2.
     # Executed on CPU against v3.3.7's source (compat/tgi); earlier 2.x read in source.
-    requires = "text-generation-server>=2.0.2,<2.2"
+    floor = "2.0.2"
+    tested_up_to = "2.0.5"
     trigger = "text_generation_server.layers.rotary"
+    capabilities = (Capability(trigger, "PositionRotaryEmbedding.static", ("config", "dim", "base", "device")),)
 
-    def install(self, patches: PatchSet, runtime: Any) -> None:
+    def install(self, patches: PatchSet, state: Any) -> None:
         import sys
 
-        _patch_static(sys.modules[self.trigger], patches, runtime)
+        _patch_static(sys.modules[self.trigger], patches, state, self)
+
+    def problem(self, version: Any = None) -> str | None:
+        problem = super().problem(version)
+        version = version or self.version()
+        if problem is None and self.layout_until is not None and version is not None:
+            from packaging.version import Version
+
+            if Version(version.base_version) >= Version(self.layout_until):
+                return f"{self.distribution} {version} has the layers/rotary.py layout (the 'tgi' adapter's)"
+        return problem
+
+    #: the first version with another layout (the legacy adapter's upper edge is a layout, not a test bound)
+    layout_until: str | None = None
 
 
 class TgiLegacyAdapter(TgiAdapter):
+    """TGI 1.x (``utils/layers.py``; the class exists only when flash-attn's rotary kernels import)."""
+
     name = "tgi-1x"
-    # utils/layers.py layout (the class exists only when flash-attn's rotary kernels import);
     # read in v1.0.3 / v1.1.0 source, not executed
-    requires = "text-generation-server>=1.0.3,<2.0.3"
+    floor = "1.0.3"
+    tested_up_to = "2.0.2"
+    layout_until = "2.0.3"
     trigger = "text_generation_server.utils.layers"
+    capabilities = (Capability(trigger, "PositionRotaryEmbedding.static", ("config", "dim", "base", "device")),)
 
 
-def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
+def _patch_static(module: ModuleType, patches: PatchSet, state: Any, adapter: Adapter) -> None:
     base_cls = getattr(module, "PositionRotaryEmbedding", None)
     if base_cls is None:
         raise RuntimeError(
@@ -89,19 +109,16 @@ def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
     logged: set[tuple[str, int]] = set()
 
     def static(cls: type, config: Any, dim: int, base: float, device: Any) -> Any:
-        from ropepatch.runtime import current
-
-        live: Any = current()
-        if live is not state:  # disabled meanwhile (restore() puts TGI's own back)
+        if not adapter.is_live(state):  # disabled meanwhile (restore() puts TGI's own back)
             return original(cls, config, dim, base, device)
+        tgi_rope_scaling = rope_config(config) if rope_config else None
         try:
-            plan = plan_static(live, config, dim, base, tgi_rope_scaling=rope_config(config) if rope_config else None)
+            plan = plan_static(state, config, dim, base, tgi_rope_scaling=tgi_rope_scaling)
         except RopeConfigError as exc:
-            if live.strict:
+            if state.strict:
                 raise
             message = f"ropepatch: TGI keeps its own rotary layer for this model: {exc}"
-            warnings.warn(message, RopepatchWarning, stacklevel=2)
-            log.warning(message)
+            adapter.say_once(("refused", message), message, warn=True)
             plan = None
         if plan is None or not _plain_init(cls, base_cls):
             return original(cls, config, dim, base, device)
@@ -114,6 +131,9 @@ def _patch_static(module: ModuleType, patches: PatchSet, state: Any) -> None:
         if (spec.to_json(), rows) not in logged:  # once per distinct table, not once per layer
             logged.add((spec.to_json(), rows))
             log.info("ropepatch: TGI rotary layer %s, %d rows", spec.summary(), rows)
+        name = getattr(config, "_name_or_path", None) or _served_model_id()
+        kind = (tgi_rope_scaling or {}).get("rope_type") or (tgi_rope_scaling or {}).get("type")
+        adapter.changed(spec, model=name or "the served model", before=f"{kind or 'plain'} RoPE at base {base:g}")
         return layer
 
     static.__wrapped__ = original  # type: ignore[attr-defined]
@@ -169,11 +189,7 @@ def plan_static(
         spec = spec.replace(rope_theta=float(base))
     if not applying and spec.method == "default" and spec.rope_theta == float(base):
         return None  # plain RoPE at TGI's base: nothing to correct
-    if spec.needs_query_scaling or abs(spec.softmax_scale - 1.0) > 1e-12:
-        raise RopeConfigError(
-            f"{spec.method} needs query or softmax scaling beyond a cos/sin table, which TGI's rotary layer cannot do",
-            path=spec.source,
-        )
+    refuse_beyond_tables(spec, "TGI's rotary layer")
     return spec, table_rows(spec, config)
 
 

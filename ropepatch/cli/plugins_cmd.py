@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     print("adapters")
     for a in adapters:
         installed = a["installed"] or "not installed"
-        verdict = "ok" if a["problem"] is None else a["problem"]
-        print(f"  {a['name']}: {a['distribution']} {installed}; tested {a['requires']}: {verdict}")
+        verdict = a["problem"] or ("ok, newer than tested" if a["untested"] else "ok")
+        floor = f">= {a['floor']}" if a["floor"] else "any version"
+        tested = f", tested up to {a['tested_up_to']}" if a["tested_up_to"] else ""
+        print(f"  {a['name']}: {a['distribution']} {installed}; works with {floor}{tested}: {verdict}")
     return 0

@@ -113,3 +113,28 @@ def test_enable_rejects_typos_before_any_model_loads(monkeypatch):
     with pytest.raises(RopeConfigError, match="factor"):
         ropepatch.enable(facto=2)
     assert not ropepatch.is_enabled()
+
+
+def test_the_spec_records_which_values_an_override_set(monkeypatch, checkpoints_dir):
+    # the record adapters decide on ("was this overridden?"), filled where the layers are applied
+    assert detect(YARN).overridden == frozenset()
+    assert detect(YARN, factor=8.0).overridden == {"factor"}
+    assert detect(YARN, method="ntk", alpha=3.0).overridden == {"method", "alpha"}
+    # the known-checkpoint table is detection, not an override
+    assert detect(checkpoints_dir / "bhenrym14__airoboros-33b-gpt4-1.4.1-PI-8192.json").overridden == frozenset()
+    monkeypatch.setenv("ROPEPATCH", "target_context=131072")
+    extended = detect(PLAIN)
+    assert {"method", "factor", "original_max_position_embeddings"} <= extended.overridden
+    monkeypatch.delenv("ROPEPATCH")
+    assert detect(PLAIN, per_model={"Llama/*": {"factor": 2}}).overridden == frozenset()  # not this model
+    # an ignored target (the checkpoint already scales) overrides nothing
+    assert detect(YARN, target_context=131072).overridden == frozenset()
+
+
+def test_the_override_record_survives_a_json_round_trip():
+    spec = detect(YARN, factor=8.0, beta_fast=16)
+    back = ropepatch.RopeSpec.from_dict(spec.to_dict())
+    assert back == spec and back.overridden == {"factor", "beta_fast"}
+    assert spec.to_dict()["overridden"] == ["beta_fast", "factor"]
+    with pytest.raises(RopeConfigError, match="overridden"):
+        ropepatch.RopeSpec(method="default", overridden="factor")

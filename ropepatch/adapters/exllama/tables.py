@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import warnings
 from typing import TYPE_CHECKING, Any
-
-from ropepatch.errors import RopepatchWarning
 
 if TYPE_CHECKING:
     import torch
@@ -171,24 +167,3 @@ def sincos_table(
         sin *= f
         cos *= f
     return sin.to(dtype), cos.to(dtype)
-
-
-class SaysOnce:
-    """Log (or warn) each distinct message once per adapter: loads repeat per layer and per model.
-
-    The adapter sets ``self._lock`` (a lock) and ``self._said`` (a set) in its ``__init__``.
-    """
-
-    _lock: threading.Lock
-    _said: set[tuple[str, ...]]
-
-    def _say_once(self, key: tuple[str, ...], message: str, *, warn: bool = False) -> None:
-        with self._lock:
-            if key in self._said:
-                return
-            self._said.add(key)
-        if warn:
-            warnings.warn(message, RopepatchWarning, stacklevel=3)
-            log.warning(message)
-        else:
-            log.info(message)

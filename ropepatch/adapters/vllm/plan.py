@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ropepatch.detection import resolve
-from ropepatch.errors import RopeConfigError
 from ropepatch.metadata.view import ConfigView
 from ropepatch.overrides import Override
 from ropepatch.registry import canonical_name, get_registry
@@ -127,19 +126,11 @@ def plan_rope(view: ConfigView, layers: Iterable[Override]) -> Plan:
 
 
 def _check_table_only(spec: RopeSpec) -> None:
-    if spec.needs_query_scaling:
-        raise RopeConfigError(
-            f"{spec.method} with use_logn_attn scales queries by position, which vLLM's rotary layer cannot do; "
-            "set use_logn_attn=false to serve it without the logn scaling",
-            path=spec.source,
-            key="use_logn_attn",
-        )
-    if abs(spec.softmax_scale - 1.0) > 1e-12:
-        raise RopeConfigError(
-            f"{spec.method} needs the softmax scale multiplied by {spec.softmax_scale:.6g} over the whole head, which "
-            "a rotary table cannot carry; vLLM's deepseek_yarn type does it for DeepSeek models",
-            path=spec.source,
-        )
+    from ropepatch.adapters.base import refuse_beyond_tables
+
+    refuse_beyond_tables(
+        spec, "vLLM's rotary layer", "; vLLM's deepseek_yarn type does the softmax scale for DeepSeek models"
+    )
 
 
 def serving_context(spec: RopeSpec) -> int | None:

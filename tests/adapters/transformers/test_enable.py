@@ -183,20 +183,24 @@ def test_version_outside_the_tested_range_warns_and_does_not_patch(monkeypatch: 
     from ropepatch.registry import get_registry
 
     adapter = get_registry().adapters["transformers"]
-    monkeypatch.setattr(adapter, "requires", "transformers>=99")  # the installed version is outside it
+    monkeypatch.setattr(adapter, "floor", "99")  # the installed version is older than the floor
     init = mu.PreTrainedModel.__dict__["__init__"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ropepatch.enable()
     messages = [str(w.message) for w in caught]
-    assert any("not patching transformers" in m and "transformers>=99" in m for m in messages), messages
+    assert any("not patching transformers" in m and "older than 99" in m for m in messages), messages
     assert mu.PreTrainedModel.__dict__["__init__"] is init
     assert "transformers" not in ropepatch.runtime.status()["installed"]
 
 
-def test_requires_names_the_tested_range() -> None:
+def test_floor_and_tested_up_to_are_declared() -> None:
+    from packaging.version import Version
+
     from ropepatch.registry import get_registry
 
     adapter = get_registry().adapters["transformers"]
-    assert adapter.requires == "transformers>=4.36,<5.24"
-    assert adapter.problem() is None  # the installed 5.x is inside it
+    assert (adapter.floor, adapter.tested_up_to) == ("4.36", "5.23")
+    assert adapter.problem() is None  # the installed 5.x is above the floor
+    # no upper bound: a release newer than tested is patched, with a note
+    assert adapter.problem(Version("9.0")) is None and "newer than 5.23" in adapter.untested(Version("9.0"))
