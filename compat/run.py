@@ -161,9 +161,13 @@ def table(results: list[dict[str, object]]) -> str:
         lines.append(f"| `{test}` | " + " | ".join(row) + " |")
     lines.append("| **wall time (s)** | " + " | ".join(f"{float(r['seconds']):.0f}" for r in results) + " |")
     lines.append("| **pytest** | " + " | ".join(str(r["summary"]) for r in results) + " |")
+    floor, tested = _adapter_range()
     lines += [
         "",
-        "The adapter declares `transformers>=4.36,<5.24`: the range these columns cover. Per-version notes:",
+        f"The adapter's floor is {floor} and it is tested up to {tested}: the range these columns cover. A newer",
+        "release patches normally (one INFO line says it is untested there); the adapter's capability probes",
+        "and its self-check on the first model leave transformers untouched if a patch point moved. Per-version",
+        "notes:",
         "",
         "* 4.36: per-model rotary classes (cos/sin caches); `_rope_scaling_validation` and `_init_rope` are",
         "  patched, the plain class is converted in place (inv_freq, cache, temperature, length hooks).",
@@ -171,10 +175,25 @@ def table(results: list[dict[str, object]]) -> str:
         "  classes that ignore `rope_scaling` (converted in place). transformers' YaRN ignores",
         "  `original_max_position_embeddings` there, so ropepatch's own type computes YaRN.",
         "* 4.57: registry everywhere; YaRN agrees with ropepatch and stays transformers' own.",
-        "* 5.23: `rope_parameters`; registry + v5 validators; the full suite in `tests/adapters/transformers` runs here.",
+        "* 5.23: `rope_parameters`; registry + v5 validators.",
+        "* 5.24: as 5.23 for every patch point; legacy Phi-3 `su` configs still fail to load without ropepatch.",
+        "* 5.25: depends on the `kernels` package, which makes each family's `apply_rotary_pos_emb` a small torch",
+        "  Module (hub hook); `enable(kernels=True)` wraps that Module. Legacy Phi-3 `su` configs load natively",
+        "  as LongRoPE (same tables as ropepatch's). CI's test extra pins this release: the whole",
+        "  `tests/adapters/transformers` suite and `tests/doctor` run on it (`python compat/run.py --latest`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _adapter_range() -> tuple[str, str]:
+    """The transformers adapter's floor and tested-up-to version, from this checkout."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from ropepatch.adapters.transformers import FLOOR, TESTED_UP_TO
+    finally:
+        sys.path.remove(str(ROOT))
+    return FLOOR, TESTED_UP_TO
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,8 +102,8 @@ def markdown_tables(results: dict[str, Any], *, key: str = "both") -> str:
             "|---|" + "---:|" * len(lengths),
         ]
         for m in methods:
-            cells = " | ".join(_fmt(by.get((m, n), {}).get(field)) for n in lengths)
-            lines.append(f"| {names[m]} | {cells} |")
+            row = " | ".join(_fmt(by.get((m, n), {}).get(field)) for n in lengths)
+            lines.append(f"| {names[m]} | {row} |")
         parts.append("\n".join(lines))
     keys = results.get("passkey", [])
     if keys:
