@@ -125,7 +125,7 @@ def test_usage_errors_exit_2(corpus, tmp_path, capsys):
         main(["doctor", str(corpus / "meta-llama__Llama-2-7b-hf.json"), "--fail-on-natives"])
     assert exc.value.code == 2
     capsys.readouterr()
-    with ropepatch.enabled():
+    with ropepatch.temporarily_enabled():
         assert main(["doctor", str(corpus / "meta-llama__Llama-2-7b-hf.json")]) == 2
     assert "already enabled" in capsys.readouterr().err
 
