@@ -18,11 +18,11 @@ from ropepatch.errors import RopeConfigError, RopepatchWarning
 
 if TYPE_CHECKING:
     from ropepatch.adapters.base import Adapter, Capability
+    from ropepatch.changes import report
     from ropepatch.detection import detect
     from ropepatch.hookspecs import hookimpl
     from ropepatch.metadata.view import ConfigView, Finding
-    from ropepatch.methods.base import Method
-    from ropepatch.report import report
+    from ropepatch.methods.base import Method, Prepared, require_dim
     from ropepatch.runtime import disable, enable, enabled, is_enabled, patch_model, temporarily_enabled
     from ropepatch.spec import RopeSpec
 
@@ -34,6 +34,7 @@ __all__ = [
     "ConfigView",
     "Finding",
     "Method",
+    "Prepared",
     "RopeConfigError",
     "RopeSpec",
     "RopepatchWarning",
@@ -46,6 +47,7 @@ __all__ = [
     "is_enabled",
     "patch_model",
     "report",
+    "require_dim",
     "temporarily_enabled",
 ]
 
@@ -56,10 +58,12 @@ _LAZY = {
     "disable": ("ropepatch.runtime", "disable"),
     "enabled": ("ropepatch.runtime", "enabled"),
     "temporarily_enabled": ("ropepatch.runtime", "temporarily_enabled"),
-    "report": ("ropepatch.report", "report"),
+    "report": ("ropepatch.changes", "report"),
     # the plugin front door
     "hookimpl": ("ropepatch.hookspecs", "hookimpl"),
     "Method": ("ropepatch.methods.base", "Method"),
+    "Prepared": ("ropepatch.methods.base", "Prepared"),
+    "require_dim": ("ropepatch.methods.base", "require_dim"),
     "ConfigView": ("ropepatch.metadata.view", "ConfigView"),
     "Finding": ("ropepatch.metadata.view", "Finding"),
     "Adapter": ("ropepatch.adapters.base", "Adapter"),

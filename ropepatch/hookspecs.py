@@ -1,7 +1,8 @@
 """The hooks a ropepatch plugin can implement. Built-ins implement them exactly as third parties do.
 
 Hooks follow ``llm``'s callback style: the host passes ``register`` and the plugin calls it, so a
-plugin never depends on how ropepatch stores what it registers.
+plugin never depends on how ropepatch stores what it registers. Plugins import what they need from
+the top level: ``from ropepatch import hookimpl, Method, Adapter, ConfigView, Finding``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def register_methods(register: Callable[[Method], None]) -> None:
 def detect_rope(view: ConfigView) -> Finding | None:
     """Say which scaling a checkpoint's metadata describes, or return ``None`` to pass.
 
-    The first detector that returns a :class:`~ropepatch.metadata.view.Finding` wins; use
-    ``tryfirst``/``trylast`` to order a detector against the built-ins.
+    The first detector that returns a :class:`~ropepatch.metadata.view.Finding` wins. The built-ins
+    are asked in this order: ``known`` (``tryfirst``), ``rope_scaling``, ``native``, ``gguf_keys``,
+    ``fallback`` (``trylast``); third-party plugins are registered before the built-ins, so a plain
+    ``@hookimpl`` runs after the dialect detectors: use ``tryfirst=True`` to pre-empt them.
     """
 
 

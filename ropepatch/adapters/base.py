@@ -378,8 +378,8 @@ class Adapter:
             log.info(message)
 
     def changed(self, spec: RopeSpec, *, model: Any, before: str, identity: Any = None) -> None:
-        """Say (once per process, model and spec) that ropepatch changed ``model``'s RoPE; see :mod:`ropepatch.report`."""
-        from ropepatch.report import record_change
+        """Say (once per process, model and spec) that ropepatch changed ``model``'s RoPE; see :mod:`ropepatch.changes`."""
+        from ropepatch.changes import record_change
 
         record_change(self.name, spec, model=model, before=before, identity=identity)
 

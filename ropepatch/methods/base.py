@@ -86,6 +86,12 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     formula: ClassVar[str] = ""
     dynamic: ClassVar[bool] = False
+    #: how the frequencies depend on the length, for runtimes that compute them once (a table, one
+    #: vector per layer): ``"static"`` (they do not), ``"switch"`` (one switch at the original
+    #: context: evaluate at the runtime's configured context, e.g. LongRoPE) or ``"curve"`` (they
+    #: follow the length: a table needs one row per length; one vector per layer cannot express it).
+    #: ``None``: derived from :attr:`dynamic` (``"curve"`` when dynamic, else ``"static"``)
+    length_dependence: ClassVar[str | None] = None
     #: ``"required"``, ``"optional"`` or ``"unused"``
     uses_factor: ClassVar[str] = "unused"
     uses_original: ClassVar[str] = "unused"

@@ -15,6 +15,7 @@ class LongRope(Method):
     aliases = ("su", "long-rope")
     formula = "inv_freq[i] = 1/(f_i * b^(2i/d)), f = short if L<=L0 else long; cos,sin *= sqrt(1+ln s/ln L0)"
     dynamic = True
+    length_dependence = "switch"  # long factors past the original context, short ones below
     uses_factor = "optional"
     uses_original = "required"
     params = (

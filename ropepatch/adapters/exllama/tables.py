@@ -49,15 +49,17 @@ STATIC = "static"
 CONTEXT = "context"
 PER_POSITION = "per-position"
 
-#: methods whose length dependence is a one-time switch at the original context, not a curve
-_SWITCHING = frozenset({"longrope"})
-
 
 def table_policy(spec: RopeSpec) -> str:
-    """``static``, ``context`` or ``per-position``: how a spec becomes a fixed table (module docstring)."""
+    """``static``, ``context`` or ``per-position``: how a spec becomes a fixed table (module docstring).
+
+    Read from the method's own ``length_dependence`` (see :class:`ropepatch.methods.base.Method`).
+    """
     if not spec.is_dynamic:
         return STATIC
-    if spec.method in _SWITCHING:
+    method = spec._method_obj
+    dependence = getattr(method, "length_dependence", None) or ("curve" if method.dynamic else "static")
+    if dependence == "switch":
         return CONTEXT
     return PER_POSITION
 

@@ -7,8 +7,7 @@ name it and apply it in every runtime ropepatch patches.
 
 from __future__ import annotations
 
-from ropepatch.hookspecs import hookimpl
-from ropepatch.methods.base import Method, Prepared, require_dim
+from ropepatch import Method, Prepared, hookimpl, require_dim
 
 
 class VllmNTK(Method):
