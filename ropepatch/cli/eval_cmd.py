@@ -296,6 +296,8 @@ def _run_endpoint(args: argparse.Namespace) -> int:
         decode = tok.decode
         score = tgi_scorer(args.endpoint, lambda w: decode(w), timeout=args.timeout)
         bos = None  # TGI tokenises the text itself and adds its own BOS
+    # a server's RoPE is not visible through its API: the rows say where they come from instead
+    served = f"as served by {args.endpoint} (its RoPE is not reported by the API)"
     points = []
     start = time.time()
     for length in lengths:
@@ -307,12 +309,12 @@ def _run_endpoint(args: argparse.Namespace) -> int:
             point = perplexity_at_length(
                 score, windows, method=args.label, length=length, tail_fraction=args.tail, progress=advance
             )
-        points.append(point.to_dict())
+        points.append(point.to_dict() | {"applied": served})
         log(f"{args.label:>14} {length:>7}  loss {point.nll:.3f}  last quarter {point.tail_nll:.3f}")
     results = _header(args, text_name, len(ids), original, lengths, None) | {
         "perplexity": points,
         "passkey": [],
-        "variants": [{"label": args.label, "overrides": f"server at {args.endpoint}"}],
+        "variants": [{"label": args.label, "overrides": f"server at {args.endpoint}", "applied": {"label": served}}],
         "seconds": round(time.time() - start, 1),
     }
     return _finish(args, results, original)

@@ -91,7 +91,9 @@ def _from_rope_dict(
             continue
         f.param(k, v, w(k))
     if name in ("su", "longrope") and isinstance(rd.get("type"), str) and rd.get("type") == "su":
-        f.notes.append("legacy Phi-3 'su' is LongRoPE; transformers 5 fails to load it unless ropepatch is enabled")
+        f.notes.append(
+            "legacy Phi-3 'su' is LongRoPE; transformers 5.0-5.24 fail to load it unless ropepatch is enabled"
+        )
     _check_factor_contradiction(view, f)
     return f
 

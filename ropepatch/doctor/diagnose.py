@@ -20,7 +20,7 @@ from typing import Any
 from ropepatch.doctor.dims import DEFAULT_HEAD_DIM, clean_config, fill_dims
 from ropepatch.doctor.probe import Computation, iter_probes
 
-__all__ = ["TOLERANCE", "compare", "default_seq_len", "diagnose"]
+__all__ = ["TOLERANCE", "compare", "default_seq_len", "diagnose", "mismatches"]
 
 #: relative difference below which a runtime "matches" (runtimes compute in float32; the spec in float64)
 TOLERANCE = 1e-4
@@ -259,3 +259,35 @@ def summarize(native: Mapping[str, Any], patched: Mapping[str, Any]) -> str:
     else:
         second = f"with ropepatch: {p} ({patched.get('error', '')})"
     return f"{first}; {second}"
+
+
+#: verdicts of a runtime that computed something other than the reference (or could not load it)
+_OFF = frozenset({"wrong", "fails"})
+
+
+def mismatches(report: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The runtimes in a doctor report that disagree with the reference, by kind.
+
+    ``"with_ropepatch"``: installed runtimes that, as a user of ``ropepatch.enable()`` gets them,
+    compute something else than the reference or fail to load: the patched run is ``wrong`` or
+    ``fails``, or there is no adapter that patches the runtime here (outside its range, not
+    registered) while the runtime on its own is wrong, since then the user gets the runtime's own
+    result. ``"native"``: installed runtimes whose own result (ropepatch off) is ``wrong`` or
+    ``fails``. A runtime with no code path for the checkpoint at all (``unsupported``: remote-code
+    architectures), one not installed, and one with nothing to read (GGUF) count in neither.
+    """
+    patched: list[str] = []
+    native: list[str] = []
+    for entry in report.get("runtimes", []):
+        if "native" not in entry:
+            continue
+        own = entry["native"].get("verdict")
+        with_rp = entry.get("with_ropepatch", {}).get("verdict")
+        name = str(entry.get("runtime"))
+        if own in _OFF:
+            native.append(name)
+        if with_rp in _OFF or (with_rp == "no-adapter" and own in _OFF):
+            patched.append(name)
+        elif with_rp == "unsupported" and own not in ("unsupported", None):
+            patched.append(name)  # loads on its own, not with ropepatch
+    return {"with_ropepatch": patched, "native": native}

@@ -34,8 +34,11 @@ def plot_perplexity(
 
     ``points`` are :meth:`PerplexityPoint.to_dict` rows. ``original`` draws the training context.
     """
+    from ropepatch.evaluation.report import row_label
+
     plt = _pyplot()
     methods = list(dict.fromkeys(p["method"] for p in points))
+    names = {p["method"]: row_label(p) for p in points}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, name in ((axes[0], "nll", "whole window"), (axes[1], "tail_nll", "last quarter of the window")):
         for method in methods:
@@ -43,7 +46,7 @@ def plot_perplexity(
                 (p for p in points if p["method"] == method and p.get(key) is not None), key=lambda p: p["length"]
             )
             if rows:
-                ax.plot([r["length"] for r in rows], [r[key] for r in rows], marker="o", label=method)
+                ax.plot([r["length"] for r in rows], [r[key] for r in rows], marker="o", label=names[method])
         if original:
             ax.axvline(original, color="grey", linestyle="--", linewidth=1)
             ax.annotate(
@@ -66,10 +69,13 @@ def plot_perplexity(
     axes[0].set_ylabel("loss (nats / token)")
     _clip_y(axes[0], points)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=9, frameon=False)
+    # one column per entry while they are short; the spec labels are long, so at most 3 a row
+    ncol = min(len(labels), 3 if any(": " in label for label in labels) else 8)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    legend_rows = math.ceil(len(labels) / max(ncol, 1))
+    fig.tight_layout(rect=(0, 0.03 + 0.045 * legend_rows, 1, 1))
     out = Path(path)
     with atomic_open(out, "wb") as f:
         fig.savefig(f, dpi=110, format=out.suffix.lstrip(".") or "png")
@@ -91,8 +97,11 @@ def _clip_y(ax: Any, points: Sequence[dict[str, Any]]) -> None:
 
 def plot_passkey(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
     """Passkey accuracy heatmaps (depth x length), one panel per method."""
+    from ropepatch.evaluation.report import row_label
+
     plt = _pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    names = {r["method"]: row_label(r) for r in rows}
     lengths = sorted({r["length"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
     n = max(1, len(methods))
@@ -104,7 +113,7 @@ def plot_passkey(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str
             if r["method"] == method:
                 grid[depths.index(r["depth"])][lengths.index(r["length"])] = r["accuracy"]
         image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", origin="upper")
-        ax.set_title(method, fontsize=9)
+        ax.set_title(names[method].replace(": ", "\n", 1), fontsize=8)
         ax.set_xticks(range(len(lengths)))
         ax.set_xticklabels([str(v) for v in lengths], rotation=45, fontsize=7)
         ax.set_yticks(range(len(depths)))

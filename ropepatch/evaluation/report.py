@@ -11,10 +11,18 @@ from typing import Any
 
 from ropepatch.atomic import atomic_open, atomic_write
 
-__all__ = ["markdown_tables", "write_results"]
+__all__ = ["markdown_tables", "row_label", "write_results"]
 
-PPL_COLUMNS = ["method", "length", "windows", "tokens", "nll", "ppl", "tail_tokens", "tail_nll", "tail_ppl"]
-PASSKEY_COLUMNS = ["method", "length", "depth", "trials", "correct", "accuracy"]
+
+def row_label(row: dict[str, Any]) -> str:
+    """A row's name in tables and legends: its label and, when known, the spec it measured."""
+    applied = row.get("applied")
+    return f"{row['method']}: {applied}" if applied else str(row["method"])
+
+
+#: ``applied``: the spec the row measured (method, factor, original -> effective context)
+PPL_COLUMNS = ["method", "applied", "length", "windows", "tokens", "nll", "ppl", "tail_tokens", "tail_nll", "tail_ppl"]
+PASSKEY_COLUMNS = ["method", "applied", "length", "depth", "trials", "correct", "accuracy"]
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: list[str]) -> None:
@@ -82,6 +90,7 @@ def markdown_tables(results: dict[str, Any], *, key: str = "both") -> str:
     """Loss by method (rows) and length (columns) as Markdown: whole window and last quarter."""
     points = results.get("perplexity", [])
     methods = list(dict.fromkeys(p["method"] for p in points))
+    names = {p["method"]: row_label(p) for p in points}
     lengths = sorted({p["length"] for p in points})
     by = {(p["method"], p["length"]): p for p in points}
     parts = []
@@ -95,7 +104,8 @@ def markdown_tables(results: dict[str, Any], *, key: str = "both") -> str:
             "|---|" + "---:|" * len(lengths),
         ]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(_fmt(by.get((m, n), {}).get(field)) for n in lengths) + " |")
+            row = " | ".join(_fmt(by.get((m, n), {}).get(field)) for n in lengths)
+            lines.append(f"| {names[m]} | {row} |")
         parts.append("\n".join(lines))
     keys = results.get("passkey", [])
     if keys:
@@ -106,12 +116,13 @@ def markdown_tables(results: dict[str, Any], *, key: str = "both") -> str:
             "| method | " + " | ".join(str(n) for n in klens) + " |",
             "|---|" + "---:|" * len(klens),
         ]
-        for m in list(dict.fromkeys(r["method"] for r in keys)):
+        key_names = {r["method"]: row_label(r) for r in keys}
+        for m in key_names:
             cells = []
             for n in klens:
                 rows = [r for r in keys if r["method"] == m and r["length"] == n]
                 trials = sum(r["trials"] for r in rows)
                 cells.append(f"{sum(r['correct'] for r in rows) / trials:.0%}" if trials else "-")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {key_names[m]} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

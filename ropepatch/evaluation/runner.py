@@ -23,7 +23,7 @@ from ropepatch.errors import RopeConfigError
 from ropepatch.evaluation.passkey import min_length, model_predictor, passkey_accuracy
 from ropepatch.evaluation.perplexity import cut_windows, model_scorer, perplexity_at_length
 from ropepatch.evaluation.progress import progress_bar
-from ropepatch.evaluation.variants import Variant
+from ropepatch.evaluation.variants import Variant, applied_spec
 
 __all__ = ["EvalSettings", "LocalModel", "default_lengths", "read_rotary", "run_variants"]
 
@@ -144,10 +144,14 @@ class LocalModel:
         return model
 
     def check(self, model: Any, variant: Variant) -> dict[str, Any]:
-        """Compare the model's rotary buffers with the spec; ``ok`` is False when they disagree."""
+        """Compare the model's rotary buffers with the spec; ``ok`` is False when they disagree.
+
+        ``applied`` describes the spec (see :func:`applied_spec`); its label says ``[model differs]``
+        when the model's rotary buffers are not that spec, so no row claims a scaling it did not run.
+        """
         spec = self.spec(variant)
         found = read_rotary(model)
-        out: dict[str, Any] = {"spec": spec.summary()}
+        out: dict[str, Any] = {"spec": spec.summary(), "applied": applied_spec(spec)}
         if found is None:
             out.update(ok=None, note="no rotary module with an inv_freq buffer found")
             return out
@@ -157,6 +161,7 @@ class LocalModel:
         ref, attention = spec.frequencies(None)
         if ref.numel() != inv.numel():
             out.update(ok=False, note=f"rotary size {inv.numel()} != spec's {ref.numel()}")
+            out["applied"]["label"] += " [model differs]"
             return out
         rel = float(((inv - ref).abs() / ref.abs()).max())
         out["inv_freq_max_rel_diff"] = rel
@@ -166,6 +171,8 @@ class LocalModel:
             out["attention_factor_rel_diff"] = _rel(scaling, attention)
             ok = ok and out["attention_factor_rel_diff"] <= 1e-5
         out["ok"] = ok
+        if not ok:
+            out["applied"]["label"] += " [model differs]"
         return out
 
 
@@ -191,6 +198,8 @@ def run_variants(
         applied.append({"label": variant.label, "overrides": variant.describe(), **check})
         if check.get("ok") is False:
             log(f"WARNING {variant.label}: the model's RoPE does not match ropepatch's spec ({check})")
+        spec_label = check["applied"]["label"]
+        log(f"{variant.label:>14} applies {spec_label}")
         score = model_scorer(model)
         for length in settings.lengths:
             windows = cut_windows(ids, length, max_windows=settings.windows, stride=settings.stride, bos=bos)
@@ -206,7 +215,7 @@ def run_variants(
                     tail_fraction=settings.tail_fraction,
                     progress=advance,
                 )
-            points.append(point.to_dict())
+            points.append(point.to_dict() | {"applied": spec_label})
             log(f"{variant.label:>14} {length:>7}  loss {point.nll:.3f}  last quarter {point.tail_nll:.3f}")
         if settings.passkey and tokenizer is not None:
             shortest = min_length(tokenizer, bos=bos)
@@ -226,7 +235,7 @@ def run_variants(
                     bos=bos,
                     progress=advance,
                 )
-            keys.extend(r.to_dict() for r in rows)
+            keys.extend(r.to_dict() | {"applied": spec_label} for r in rows)
         applied[-1]["seconds"] = round(time.time() - start, 2)
     return {
         "perplexity": points,

@@ -21,7 +21,7 @@ from typing import Any
 
 from ropepatch.errors import RopeConfigError
 
-__all__ = ["Variant", "parse_variant", "variants_for"]
+__all__ = ["Variant", "applied_spec", "parse_variant", "variants_for"]
 
 #: the factor given to dynamic methods that take one, when the user names none
 DYNAMIC_FACTOR = 2.0
@@ -42,6 +42,33 @@ class Variant:
         method = o.pop("method", "")
         body = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.items())
         return f"{method}:{body}" if method and body else method or body
+
+
+def applied_spec(spec: Any) -> dict[str, Any]:
+    """What a row measured, from the spec applied to the model: method, factor and original -> effective
+    context, plus ``label``, the one-line form tables, CSV rows and plot legends show
+    (``yarn x4, 4096 -> 16384``; ``dynamic x2, 4096 -> grows with input``; ``default, 4096``;
+    ``linear x4, ? -> 16384`` when the original context is unknown)."""
+    method = str(spec.method)
+    factor = spec.effective_factor if method != "default" else None
+    original = spec.effective_original
+    context = spec.effective_context
+    label = method + (f" x{factor:g}" if factor is not None else "")
+    if context is None and spec.is_dynamic:
+        span = f"{original} -> grows with input" if original else "grows with input"
+    elif original and context and original != context:
+        span = f"{original} -> {context}"
+    elif original is None and context and method != "default":
+        span = f"? -> {context}"  # scaled, but the metadata does not say from which context
+    else:
+        span = str(context or original or spec.max_position_embeddings or "context unknown")
+    return {
+        "method": method,
+        "factor": factor,
+        "original_context": original,
+        "effective_context": context,
+        "label": f"{label}, {span}",
+    }
 
 
 def _method(name: str) -> Any:

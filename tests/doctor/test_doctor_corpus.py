@@ -9,7 +9,7 @@ import json
 import math
 
 import pytest
-from doctor_paths import CORPUS
+from doctor_paths import CORPUS, NATIVE_LEGACY_SU
 
 import ropepatch
 from ropepatch.adapters.transformers.probe import TransformersProbe
@@ -21,7 +21,8 @@ needs_adapter = pytest.mark.skipif(not HAS_ADAPTER, reason="needs ropepatch's tr
 
 # (file, native verdict, verdict with ropepatch)
 CASES = [
-    ("microsoft__Phi-3-vision-128k-instruct", "fails", "matches"),  # legacy 'su': KeyError in transformers 5
+    # legacy 'su': KeyError in transformers 5.0-5.24, right on its own from 5.25
+    ("microsoft__Phi-3-vision-128k-instruct", "matches" if NATIVE_LEGACY_SU else "fails", "matches"),
     ("bhenrym14__airophin-13b-pntk-16k-fp16", "wrong", "matches"),  # top-level original: silently plain RoPE
     ("meta-llama__Llama-3.1-8B-Instruct", "matches", "matches"),
     ("NousResearch__Yarn-Llama-2-13b-128k", "matches", "matches"),
@@ -67,18 +68,25 @@ def test_verdicts(corpus, name, native, patched):
 def test_phi3_su_fails_alone_and_loads_longrope_with_ropepatch(corpus):
     path = corpus / "microsoft__Phi-3-vision-128k-instruct.json"
     alone = transformers_rope(path, patched=False, seq_len=131072)
-    assert alone.status == "fails" and "KeyError" in alone.error and "original_max_position_embeddings" in alone.error
-    if not HAS_ADAPTER:
-        pytest.skip("needs ropepatch's transformers adapter registered")
-    fixed = transformers_rope(path, patched=True, seq_len=131072)
     long_factor = json.loads(path.read_text())["rope_scaling"]["long_factor"]
     d = 2 * len(long_factor)  # 96
-    # LongRoPE past the original context: inv_freq[i] = 1 / (long_factor[i] * base^(2i/d))
-    for i in (0, 10, len(long_factor) - 1):
-        assert fixed.inv_freq[i] == pytest.approx(1 / (long_factor[i] * 10000 ** (2 * i / d)), rel=1e-6)
-    assert fixed.attention_factor == pytest.approx(
-        vector("longrope_attention_s32_orig4096")["attention_factor"], rel=1e-7
-    )
+
+    def assert_longrope(comp):
+        # LongRoPE past the original context: inv_freq[i] = 1 / (long_factor[i] * base^(2i/d))
+        for i in (0, 10, len(long_factor) - 1):
+            assert comp.inv_freq[i] == pytest.approx(1 / (long_factor[i] * 10000 ** (2 * i / d)), rel=1e-6)
+        assert comp.attention_factor == pytest.approx(
+            vector("longrope_attention_s32_orig4096")["attention_factor"], rel=1e-7
+        )
+
+    if NATIVE_LEGACY_SU:
+        assert_longrope(alone)
+    else:
+        assert alone.status == "fails" and "KeyError" in alone.error
+        assert "original_max_position_embeddings" in alone.error
+    if not HAS_ADAPTER:
+        pytest.skip("needs ropepatch's transformers adapter registered")
+    assert_longrope(transformers_rope(path, patched=True, seq_len=131072))
 
 
 def test_airophin_is_plain_rope_alone_and_3way_partial_ntk_with_ropepatch(corpus):

@@ -62,6 +62,8 @@ def test_openai_cli_matches_the_local_model(model, text_file, tmp_path):
     points = json.loads((tmp_path / "results.json").read_text())["perplexity"]
     ref = local_points(model, ids, (32, 64))
     assert [p["method"] for p in points] == ["vllm", "vllm"]
+    # a server does not report its RoPE: the rows say where they come from instead of claiming a spec
+    assert {p["applied"] for p in points} == {f"as served by {url} (its RoPE is not reported by the API)"}
     for p in points:
         assert p["nll"] == pytest.approx(ref[p["length"]].nll, rel=1e-5)
         assert p["tail_nll"] == pytest.approx(ref[p["length"]].tail_nll, rel=1e-5)

@@ -94,6 +94,27 @@ def test_cli_writes_tables_plots_and_matches_transformers_loss(tiny_dir, text_fi
     printed = capsys.readouterr().out
     assert "| method | 32 | 64 |" in printed and "Passkey" in printed
 
+    # every row names the spec it measured: the longest length 64 over the model's 32 gives factor 2
+    expected = {
+        "default": "default, 32",
+        "linear": "linear x2, 32 -> 64",
+        "dynamic": "dynamic x2, 32 -> grows with input",  # the dynamic methods' own factor, 2
+        "yarn": "yarn x2, 32 -> 64",
+    }
+    for v in results["variants"]:
+        assert v["applied"]["label"] == expected[v["label"]]
+    linear = next(v["applied"] for v in results["variants"] if v["label"] == "linear")
+    assert (linear["method"], linear["factor"], linear["original_context"], linear["effective_context"]) == (
+        "linear",
+        2.0,
+        L0,
+        2 * L0,
+    )
+    assert all(p["applied"] == expected[p["method"]] for p in results["perplexity"] + results["passkey"])
+    for name in ("perplexity.csv", "passkey.csv"):
+        assert all(r["applied"] == expected[r["method"]] for r in csv.DictReader((out / name).open()))
+    assert "| yarn: yarn x2, 32 -> 64 |" in printed
+
 
 def test_reload_strategy_gives_the_same_numbers(tiny_dir, text_file, tmp_path):
     args = [
@@ -125,3 +146,42 @@ def test_cli_errors_are_one_line(tiny_dir, capsys):
     assert "did you mean 'yarn'" in capsys.readouterr().err
     assert main(["eval", "--endpoint", "http://127.0.0.1:9", "--lengths", "32"]) == 2
     assert "--api" in capsys.readouterr().err
+
+
+def test_a_row_whose_model_differs_from_its_spec_says_so(tiny_dir):
+    handle = LocalModel(tiny_dir)
+    model = handle.apply(Variant("linear", {"method": "linear", "factor": 4.0, "original_max_position_embeddings": L0}))
+    check = handle.check(
+        model, Variant("linear", {"method": "linear", "factor": 4.0, "original_max_position_embeddings": L0})
+    )
+    assert check["ok"] and check["applied"]["label"] == "linear x4, 32 -> 128"
+    # without an original context the checkpoint's 32 is read as the scaled one, from an unknown original
+    # (linear's frequencies do not depend on it: the model is that spec too)
+    check = handle.check(model, Variant("linear", {"method": "linear", "factor": 4.0}))
+    assert check["ok"] and check["applied"]["label"] == "linear x4, ? -> 32"
+    other = Variant("yarn", {"method": "yarn", "factor": 2.0, "original_max_position_embeddings": L0})
+    check = handle.check(model, other)
+    assert check["ok"] is False and check["applied"]["label"] == "yarn x2, 32 -> 64 [model differs]"
+
+
+def test_plot_legends_name_the_applied_spec(tiny_dir, text_file, tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib", reason="the plots need matplotlib (the eval extra)")
+    from matplotlib.figure import Figure
+
+    seen: list[list[str]] = []
+    save = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        texts += [ax.get_title() for ax in fig.axes]
+        seen.append(texts)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    assert matplotlib.get_backend()
+    args = ["eval", str(tiny_dir), "--byte-level", "--text", str(text_file), "--methods", "default,ntk"]
+    args += ["--lengths", "16,64", "--windows", "1", "--passkey", "--passkey-lengths", "256", "--depths", "0"]
+    assert main([*args, "--trials", "1", "--no-progress", "--out", str(tmp_path)]) == 0
+    perplexity, passkey = seen
+    assert perplexity[:2] == ["default: default, 32", "ntk: ntk x2, 32 -> 64"]
+    assert "default\ndefault, 32" in passkey and "ntk\nntk x2, 32 -> 64" in passkey

@@ -39,7 +39,7 @@ __all__ = ["TransformersAdapter", "register_adapters"]
 log = logging.getLogger("ropepatch")
 
 #: the oldest and newest versions the compatibility matrix (compat/MATRIX.md) runs
-FLOOR, TESTED_UP_TO = "4.36", "5.23"
+FLOOR, TESTED_UP_TO = "4.36", "5.25"
 
 # the lock every deferred patch runs under: a model build patching its class (kernels, <= 4.47
 # _init_rope) never interleaves with a patch point being installed or undone

@@ -3,7 +3,9 @@
 The wrapper (:func:`ropepatch.kernels.dispatch.wrap_apply_rotary_pos_emb`) sends CUDA tensors to the
 Triton kernel and every other call to transformers' own function, so CPU models are unchanged. Only
 modules whose function has transformers' ``(q, k, cos, sin, ...)`` form are wrapped; attention code
-looks the function up as a module global at call time, so replacing the global is enough.
+looks the function up as a module global at call time, so replacing the global is enough. Since
+transformers 5.25 the global is a small torch Module wrapping the function (the `kernels` package's
+hub hook); it is wrapped the same way, and every call the kernel does not take still goes through it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def route_to_kernels(patches: PatchSet, model_cls: type) -> bool:
         return False
     try:
         names = list(inspect.signature(fn).parameters)[:4]
+        if names != ["q", "k", "cos", "sin"] and callable(getattr(fn, "forward", None)):
+            # transformers >= 5.25 (through its `kernels` dependency) turns the function into a torch
+            # Module whose forward has the function's signature; calling the module still runs it
+            names = list(inspect.signature(fn.forward).parameters)[:4]
     except (TypeError, ValueError):
         return False
     if names != ["q", "k", "cos", "sin"]:

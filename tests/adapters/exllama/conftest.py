@@ -10,12 +10,16 @@ from typing import Any
 import pytest
 from exllama_harness import V2_VERSIONS, V3_VERSIONS, InstallError, install, loaded
 
-# ROPEPATCH_EXLLAMA_VERSIONS=0.3.2,1.6.5 narrows the matrix (e.g. for a quick local run)
+# ROPEPATCH_EXLLAMA_VERSIONS=0.3.2,1.6.5 narrows the matrix (e.g. for a quick local run);
+# ROPEPATCH_EXLLAMAV2_VERSIONS / ROPEPATCH_EXLLAMAV3_VERSIONS replace one runtime's list, so a release
+# newer than the harness's lists runs too (`python compat/run.py --latest` sets them)
 _ONLY = {v.strip() for v in os.environ.get("ROPEPATCH_EXLLAMA_VERSIONS", "").split(",") if v.strip()}
 
 
-def _versions(all_versions: tuple[str, ...]) -> list[str]:
-    return [v for v in all_versions if not _ONLY or v in _ONLY]
+def _versions(dist: str, all_versions: tuple[str, ...]) -> list[str]:
+    given = os.environ.get(f"ROPEPATCH_{dist.upper()}_VERSIONS", "")
+    chosen = [v.strip() for v in given.split(",") if v.strip()] or list(all_versions)
+    return [v for v in chosen if not _ONLY or v in _ONLY]
 
 
 def _cache(config: pytest.Config) -> Path:
@@ -41,13 +45,13 @@ def _runtime(request: pytest.FixtureRequest, dist: str) -> Iterator[Any]:
         yield module
 
 
-@pytest.fixture(scope="module", params=_versions(V2_VERSIONS))
+@pytest.fixture(scope="module", params=_versions("exllamav2", V2_VERSIONS))
 def exllamav2(request: pytest.FixtureRequest) -> Iterator[Any]:
     """The ``exllamav2`` package of one tested version (real code, stand-in CUDA extension)."""
     yield from _runtime(request, "exllamav2")
 
 
-@pytest.fixture(scope="module", params=_versions(V3_VERSIONS))
+@pytest.fixture(scope="module", params=_versions("exllamav3", V3_VERSIONS))
 def exllamav3(request: pytest.FixtureRequest) -> Iterator[Any]:
     """The ``exllamav3`` package of one tested version (real code, stand-in CUDA extension)."""
     yield from _runtime(request, "exllamav3")

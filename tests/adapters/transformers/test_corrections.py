@@ -64,7 +64,10 @@ def test_longrope_phi3_stays_transformers_own() -> None:
 
 
 def test_legacy_phi3_su_config_loads(tmp_path: Path) -> None:
-    """Phi-3 'su' with a top-level original: transformers 5 raises KeyError; with ropepatch it is LongRoPE."""
+    """Phi-3 'su' with a top-level original: transformers 5.0-5.24 raise KeyError; with ropepatch it is
+    LongRoPE. Transformers 5.25 loads it itself, and then its own tables are the reference."""
+    import transformers
+    from packaging.version import Version
     from transformers import AutoConfig
 
     import ropepatch
@@ -75,8 +78,12 @@ def test_legacy_phi3_su_config_loads(tmp_path: Path) -> None:
     config["rope_scaling"] = {"type": "su", "short_factor": short, "long_factor": long_}
     config["original_max_position_embeddings"] = L0
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match="original_max_position_embeddings"):
-        AutoConfig.from_pretrained(tmp_path)
+    native = None
+    if Version(transformers.__version__) < Version("5.25"):
+        with pytest.raises(Exception, match="original_max_position_embeddings"):
+            AutoConfig.from_pretrained(tmp_path)
+    else:
+        native = rotary_of(make_model(AutoConfig.from_pretrained(tmp_path)))
     ropepatch.enable()
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert loaded.rope_parameters["rope_type"] == "longrope"
@@ -85,6 +92,9 @@ def test_legacy_phi3_su_config_loads(tmp_path: Path) -> None:
     assert spec.method == "longrope"
     inv, attention = spec.frequencies(None)
     assert torch.allclose(rot.inv_freq, inv, rtol=1e-6, atol=0) and rot.attention_scaling == pytest.approx(attention)
+    if native is not None:  # transformers' own LongRoPE for the same config: the same tables
+        assert torch.allclose(rot.inv_freq, native.inv_freq, rtol=1e-6, atol=0)
+        assert rot.attention_scaling == pytest.approx(native.attention_scaling, rel=1e-7)
     # factor = max/original = 4 -> sqrt(1 + ln 4 / ln 64)
     assert attention == pytest.approx(
         (1 + torch.log(torch.tensor(4.0)).item() / torch.log(torch.tensor(64.0)).item()) ** 0.5

@@ -200,7 +200,7 @@ def test_floor_and_tested_up_to_are_declared() -> None:
     from ropepatch.registry import get_registry
 
     adapter = get_registry().adapters["transformers"]
-    assert (adapter.floor, adapter.tested_up_to) == ("4.36", "5.23")
+    assert (adapter.floor, adapter.tested_up_to) == ("4.36", "5.25")
     assert adapter.problem() is None  # the installed 5.x is above the floor
     # no upper bound: a release newer than tested is patched, with a note
-    assert adapter.problem(Version("9.0")) is None and "newer than 5.23" in adapter.untested(Version("9.0"))
+    assert adapter.problem(Version("9.0")) is None and "newer than 5.25" in adapter.untested(Version("9.0"))
