@@ -85,7 +85,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--strategy",
         choices=["patch", "reload"],
         default="patch",
-        help="patch one loaded model per method (default) or reload it inside ropepatch.enabled()",
+        help="patch one loaded model per method (default) or reload it inside ropepatch.temporarily_enabled()",
     )
     g.add_argument("--trust-remote-code", action="store_true")
     g = p.add_argument_group("server (instead of a local model)")

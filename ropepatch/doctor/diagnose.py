@@ -208,7 +208,10 @@ def _run_probe(
             "error": f"the {adapter.name} adapter does not patch here: {adapter.problem()}",
         }
     else:
-        with _env_without_ropepatch(not use_env), ropepatch.enabled(runtimes=(adapter.name,), **overrides) as state:
+        with (
+            _env_without_ropepatch(not use_env),
+            ropepatch.temporarily_enabled(runtimes=(adapter.name,), **overrides) as state,
+        ):
             computed = _quiet(probe, config, n, True)
             failure = state.failures.get(adapter.name) or state.skipped.get(adapter.name)
         patched = compare(computed, inv_ref, attention_ref, tolerance)

@@ -75,7 +75,7 @@ class Probe(Protocol):
         """Run the runtime's RoPE code for ``config`` at total length ``seq_len``.
 
         ``patched=False``: ropepatch is disabled. ``patched=True``: called inside
-        ``ropepatch.enabled(...)`` (the caller enables it); the probe takes the path a user's load
+        ``ropepatch.temporarily_enabled(...)`` (the caller enables it); the probe takes the path a user's load
         takes, so the adapter sees it.
         """
         ...

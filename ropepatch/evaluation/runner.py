@@ -3,7 +3,7 @@
 The scaling is applied by the transformers adapter, the same code path users get: either
 ``ropepatch.patch_model(copy, **overrides)`` on a fresh copy of one loaded model per variant
 (``strategy="patch"``, the default: loads once, holds the model twice) or a fresh
-``from_pretrained`` inside ``ropepatch.enabled(**overrides)`` per variant (``strategy="reload"``,
+``from_pretrained`` inside ``ropepatch.temporarily_enabled(**overrides)`` per variant (``strategy="reload"``,
 for models that do not fit twice). Every variant starts from the unpatched model: a patch rewrites
 the model's config, which must not leak into the next variant's detection. After applying, the model's rotary buffers are read back and
 compared with ``RopeSpec.frequencies`` so a variant that did not take effect is reported, not
@@ -132,7 +132,7 @@ class LocalModel:
 
         if self.strategy == "reload":
             self._model = None
-            with ropepatch.enabled(**variant.overrides):
+            with ropepatch.temporarily_enabled(**variant.overrides):
                 self._model = self._from_pretrained()
             return self._model
         if self._pristine is None:
