@@ -67,3 +67,13 @@ def test_the_detector_catches_what_it_should():
 @pytest.mark.parametrize("name", ["reference/test-vectors.json", "checkpoints/INDEX.md"])
 def test_reference_data_is_in_the_repository(name):
     assert (REPO / "tests" / "data" / name).is_file()
+
+
+def test_test_file_names_are_unique():
+    # tests/ folders are not packages (pytest's default import mode): two test files with one basename
+    # stop the whole suite at collection ("import file mismatch")
+    names: dict[str, list[str]] = {}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not clashes, clashes
