@@ -7,7 +7,6 @@ environment, but only while ``ROPEPATCH_AUTOENABLE=1`` is set; see :mod:`ropepat
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 __all__ = ["add_parser", "run"]
@@ -30,14 +29,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ropepatch.launcher.pth import install_pth
 
-    try:
-        path = install_pth(args.site)
-    except OSError as exc:  # a missing folder, no permission, a read-only file system: one line, no traceback
-        reason = exc.strerror if exc.filename is not None and exc.strerror else str(exc)
-        where = f": {exc.filename}" if exc.filename is not None else ""
-        print(f"ropepatch: error: cannot install the .pth file: {reason}{where}", file=sys.stderr)
-        print("  give an existing site-packages folder you can write to with --site DIR", file=sys.stderr)
-        return 2
+    # a missing folder, no permission, a read-only file system: an OSError naming the path, which the CLI's
+    # error boundary turns into one line with the fix (exit 2, no traceback)
+    path = install_pth(args.site)
     print(f"installed {path}")
     print("active in processes started with ROPEPATCH_AUTOENABLE=1")
     return 0

@@ -8,6 +8,7 @@ costs an unconfigured process nothing and changes nothing.
 
 from __future__ import annotations
 
+import errno
 import os
 import sysconfig
 from pathlib import Path
@@ -38,7 +39,8 @@ def install_pth(site_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write the ``.pth`` file into ``site_dir`` (default: :func:`default_site_dir`); return its path."""
     folder = Path(site_dir) if site_dir is not None else default_site_dir()
     if not folder.is_dir():
-        raise NotADirectoryError(f"no such site-packages directory: {folder}")
+        # errno and filename set: the CLI reports it as a path the user can fix (one line, exit 2)
+        raise NotADirectoryError(errno.ENOTDIR, "no such site-packages directory", str(folder))
     # a private temporary file renamed over the name: never a half-written line for a process
     # starting now, and never a write through a symlink planted at the .pth or temporary name
     return atomic_write(folder / PTH_NAME, _HEADER + PTH_LINE, perms=0o644)

@@ -121,18 +121,16 @@ def test_a_runtime_wrong_with_ropepatch_exits_1(corpus, capsys):
 def test_usage_errors_exit_2(corpus, tmp_path, capsys):
     assert main(["doctor", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["doctor", str(corpus / "meta-llama__Llama-2-7b-hf.json"), "--fail-on-natives"])
-    assert exc.value.code == 2
-    capsys.readouterr()
+    # the CLI's parser reports a mistyped option itself (exit 2, the closest option suggested)
+    assert main(["doctor", str(corpus / "meta-llama__Llama-2-7b-hf.json"), "--fail-on-natives"]) == 2
+    assert "--fail-on-native" in capsys.readouterr().err
     with ropepatch.temporarily_enabled():
         assert main(["doctor", str(corpus / "meta-llama__Llama-2-7b-hf.json")]) == 2
     assert "already enabled" in capsys.readouterr().err
 
 
 def test_help_documents_the_codes(capsys):
-    with pytest.raises(SystemExit):
-        main(["doctor", "--help"])
+    assert main(["doctor", "--help"]) == 0
     text = capsys.readouterr().out
     for line in ("0  every installed runtime", "1  an installed runtime", "2  usage", "3  with --fail-on-native"):
         assert line in text

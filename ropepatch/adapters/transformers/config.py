@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -61,8 +62,16 @@ def install_config_patches(patches: PatchSet, configuration_utils: Any) -> None:
 
     @functools.wraps(original)
     def to_dict(self: Any) -> dict[str, Any]:
+        from ropepatch.adapters.transformers.plan import first_loaded
+
         out = original(self)
+        # what save_pretrained writes is the config as loaded: a rewrite to transformers' own type (an
+        # override of the checkpoint's factor, say) is remembered per config object in this process
+        first = first_loaded(self)
         for key in ("rope_parameters", "rope_scaling"):
+            if key in first and key in out:
+                out[key] = copy.deepcopy(first[key])
+                continue
             restored = _original_of(out.get(key))
             if restored is not _MISSING:
                 out[key] = restored

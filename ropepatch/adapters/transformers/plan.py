@@ -172,7 +172,8 @@ def _remember_original(config: Any, attr: str) -> None:
         _originals[key] = (ref, {attr: copy.deepcopy(getattr(config, attr, None))})
 
 
-def _first_loaded(config: Any) -> dict[str, Any]:
+def first_loaded(config: Any) -> dict[str, Any]:
+    """The rope dicts of ``config`` as first loaded, for those ropepatch rewrote in this process."""
     with _lock:
         hit = _originals.get(id(config))
     return dict(hit[1]) if hit is not None and hit[0]() is config else {}
@@ -186,7 +187,7 @@ def _config_data(config: Any) -> dict[str, Any]:
         data = config.to_dict()
     except Exception:  # noqa: BLE001 - a half-built config: fall back to its attributes
         data = {k: v for k, v in vars(config).items() if not k.startswith("__")}
-    first = _first_loaded(config)
+    first = first_loaded(config)
     for key in ("rope_parameters", "rope_scaling"):
         if key in first:
             data[key] = copy.deepcopy(first[key])
